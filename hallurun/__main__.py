@@ -1,0 +1,3 @@
+from hallurun.cli import main
+
+main()
