@@ -1,0 +1,171 @@
+"""The crash-safe checkpoint: append-only JSONL logs of finished and failed items.
+
+A line is the unit of truth. An item is done once its line is in `results.jsonl`; lines are written in small
+batches, each batch flushed and fsynced, so a crash loses at most the batch in hand (those items simply run
+again) and can tear at most the last line, which `repair` cuts off on the next open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+RESULTS = "results.jsonl"
+FAILURES = "failures.jsonl"
+
+
+def repair(path: Path) -> int:
+    """Cut a torn last line (one without its newline) off `path`. Returns the number of bytes dropped."""
+    if not path.exists():
+        return 0
+    with path.open("rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline; a torn tail is short, so read backwards in small blocks.
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - 65536)
+            fh.seek(start)
+            block = fh.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return size - keep
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield each complete JSON line of a log; unparseable lines are skipped (they can only be a torn tail)."""
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return
+            try:
+                yield orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+
+
+class JsonlLog:
+    """An append-only JSONL file written in fsynced batches.
+
+    `append` only buffers; `take` hands the buffered bytes to whoever writes them, and `write` puts them on
+    disk durably. Splitting the two lets the run write from a worker thread without blocking its event loop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: list[bytes] = []
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._pending.append(orjson.dumps(record) + b"\n")
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def take(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        return data
+
+    def write(self, data: bytes) -> None:
+        """Append `data` and fsync. Safe to call from a worker thread."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.write(self.take())
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self._fd)
+
+
+class Checkpoint:
+    """The run directory's record of which items are finished, and the writer of new records."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.repaired_bytes = repair(run_dir / RESULTS) + repair(run_dir / FAILURES)
+        self.done: set[str] = {str(r["id"]) for r in read_records(run_dir / RESULTS) if "id" in r}
+        self.failed: dict[str, str] = {
+            str(r["id"]): str(r.get("reason", "")) for r in read_records(run_dir / FAILURES) if "id" in r
+        }
+        for item_id in self.done:
+            self.failed.pop(item_id, None)
+        self.results = JsonlLog(run_dir / RESULTS)
+        self.failures = JsonlLog(run_dir / FAILURES)
+
+    def forget_failures(self) -> list[str]:
+        """Drop every recorded failure so the items run again (`resume --retry-failed`).
+
+        The old lines move to `failures.retried.jsonl`, so nothing written is lost.
+        """
+        self.flush()
+        ids = sorted(self.failed)
+        path = self.run_dir / FAILURES
+        if path.exists() and path.stat().st_size:
+            with (self.run_dir / "failures.retried.jsonl").open("ab") as out:
+                out.write(path.read_bytes())
+                out.flush()
+                os.fsync(out.fileno())
+            self.failures.close()
+            path.write_bytes(b"")
+            self.failures = JsonlLog(path)
+        self.failed.clear()
+        return ids
+
+    def is_settled(self, item_id: str) -> bool:
+        """True when the item needs no more work: finished, or failed for good."""
+        return item_id in self.done or item_id in self.failed
+
+    def add_result(self, record: dict[str, Any]) -> bool:
+        """Record a finished item. Returns False (and writes nothing) if its id is already recorded."""
+        item_id = str(record["id"])
+        if item_id in self.done:
+            return False
+        self.done.add(item_id)
+        self.failed.pop(item_id, None)
+        self.results.append(record)
+        return True
+
+    def add_failure(self, item_id: str, reason: str, error: str) -> bool:
+        """Record an item that finally failed. Returns False if it is already finished or failed."""
+        if item_id in self.done or item_id in self.failed:
+            return False
+        self.failed[item_id] = reason
+        self.failures.append({"id": item_id, "reason": reason, "error": error})
+        return True
+
+    @property
+    def pending(self) -> int:
+        return self.results.pending + self.failures.pending
+
+    def flush(self) -> None:
+        self.results.flush()
+        self.failures.flush()
+
+    def close(self) -> None:
+        self.results.close()
+        self.failures.close()

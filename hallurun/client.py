@@ -1,0 +1,127 @@
+"""The HTTP client: one streaming OpenAI-style request per call, over a shared aiohttp session.
+
+It reports every byte it sees to the watchdog's clocks (the server's `Activity` and the request's `Flight`)
+and turns each way a request can fail into a `RequestError` with a reason, leaving the decisions to others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from hallurun.config import Sampling
+from hallurun.policy import RequestError, classify_status
+from hallurun.watchdog import Activity, Flight
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What came back for one prompt."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def request_body(model: str, prompt: str, sampling: Sampling, *, stream: bool = True) -> dict[str, Any]:
+    """The JSON body for a prompt: one user message for `chat`, the raw prompt for `completions`."""
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return body
+
+
+def endpoint(api: str) -> str:
+    return "/v1/chat/completions" if api == "chat" else "/v1/completions"
+
+
+class Client:
+    """Sends prompts to one server and parses the SSE stream."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, model: str, sampling: Sampling,
+                 activity: Activity, api_key: str | None = None) -> None:
+        self._session = session
+        self._url = base_url.rstrip("/") + endpoint(sampling.api)
+        self._model = model
+        self._sampling = sampling
+        self._activity = activity
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def retarget(self, base_url: str) -> None:
+        """Point at a relaunched server (its port may differ)."""
+        self._url = base_url.rstrip("/") + endpoint(self._sampling.api)
+
+    async def complete(self, prompt: str, flight: Flight) -> Completion:
+        """Run one attempt. Raises RequestError, or aiohttp.ClientError for connection failures."""
+        loop = asyncio.get_running_loop()
+        body = orjson.dumps(request_body(self._model, prompt, self._sampling))
+        async with self._session.post(self._url, data=body, headers=self._headers) as resp:
+            self._activity.touch(loop.time())
+            if resp.status != 200:
+                text = await resp.text(errors="replace")
+                self._activity.touch(loop.time())
+                raise classify_status(resp.status, text, resp.headers.get("Retry-After"))
+            return await self._read_stream(resp, flight, loop)
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, flight: Flight,
+                           loop: asyncio.AbstractEventLoop) -> Completion:
+        parts: list[str] = []
+        finish_reason = None
+        usage: dict[str, Any] | None = None
+        chat = self._sampling.api == "chat"
+        async for line in resp.content:
+            now = loop.time()
+            self._activity.touch(now)
+            if not line.startswith(b"data:"):
+                continue  # blank separators and SSE comments
+            flight.data(now)
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return Completion("".join(parts), finish_reason, *_usage(usage))
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise RequestError("bad_stream", f"unparseable SSE data: {payload[:200]!r}", retryable=True) from None
+            if "error" in chunk:
+                # vLLM reports failures in-band after the HTTP 200 has gone out.
+                raise RequestError("stream_error", f"in-band error: {_error_text(chunk['error'])}", retryable=True)
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                if piece:
+                    parts.append(piece)
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+        raise RequestError("incomplete_stream", "stream ended before [DONE]", retryable=True)
+
+
+def _usage(usage: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    if not usage:
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:500]
+    return str(error)[:500]

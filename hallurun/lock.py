@@ -1,0 +1,54 @@
+"""One runner per run directory: an advisory lock that the OS releases when its holder dies, even by kill -9."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+LOCK = "lock"
+
+
+class LockError(Exception):
+    """The run directory is held by another live hallurun."""
+
+
+class RunLock:
+    """Holds `RUN_DIR/lock` for the life of the run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise LockError naming the holder."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._describe_holder(fd)
+            os.close(fd)
+            raise LockError(f"{self.path.parent} is in use by {holder}; wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "argv": sys.argv[:3]}
+        os.write(fd, orjson.dumps(info) + b"\n")
+        self._fd = fd
+
+    @staticmethod
+    def _describe_holder(fd: int) -> str:
+        try:
+            info = orjson.loads(os.pread(fd, 4096, 0))
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
+            return f"hallurun pid {info['pid']} on {info['host']} (since {since})"
+        except (orjson.JSONDecodeError, KeyError, TypeError, OSError):
+            return "another hallurun process"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None

@@ -1,0 +1,62 @@
+"""`manifest.json`: what a run is (configuration, dataset fingerprint), so `resume` can continue it alone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hallurun import __version__
+from hallurun.config import RunConfig
+from hallurun.dataset import DatasetInfo
+
+MANIFEST = "manifest.json"
+
+
+class ManifestError(Exception):
+    """The manifest is missing or unreadable, or the run cannot be continued as asked."""
+
+
+def fingerprint(config: RunConfig, dataset_sha256: str) -> str:
+    """A short hash of what makes two runs' results comparable: task, model, sampling and data."""
+    identity = {
+        "task": config.task,
+        "model": config.model,
+        "sampling": config.to_json()["sampling"],
+        "dataset_sha256": dataset_sha256,
+        "limit": config.limit,
+    }
+    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def write(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
+    """Write the manifest atomically (temp file, fsync, rename)."""
+    manifest = {
+        "hallurun_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fingerprint": fingerprint(config, dataset.sha256),
+        "dataset": {"path": str(dataset.path.resolve()), "sha256": dataset.sha256, "count": dataset.count},
+        "config": config.to_json(),
+    }
+    path = config.run_dir / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return manifest
+
+
+def read(run_dir: Path) -> dict[str, Any]:
+    """Read a run's manifest."""
+    path = run_dir / MANIFEST
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: not found; is {run_dir} a hallurun run directory?") from None
+    except orjson.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None

@@ -1,0 +1,86 @@
+"""What to do when a request goes wrong: the classification of failures and the retry policy.
+
+Plain values and functions, no sockets, so the decisions can be tested on their own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+
+class RequestError(Exception):
+    """A request attempt failed. `retryable` says whether another attempt can help."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ServerDown(Exception):
+    """The connection failed and the server process is gone: relaunch now, do not back off."""
+
+
+def classify_status(status: int, body: str, retry_after: str | None = None) -> RequestError:
+    """Turn a non-200 HTTP answer into a RequestError.
+
+    400/422 and other client errors are permanent (a prompt longer than the context will never fit);
+    408, 429 and 5xx are worth another attempt, and 429 carries the server's own wait.
+    """
+    message = f"HTTP {status}: {body[:500]}"
+    if status == 429:
+        return RequestError("rate_limited", message, retryable=True, retry_after=parse_retry_after(retry_after))
+    if status == 408 or status >= 500:
+        return RequestError(f"http_{status}", message, retryable=True)
+    return RequestError(f"http_{status}", message, retryable=False)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header given in seconds; None if absent or an HTTP date we do not trust."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RequestError) and exc.retryable
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter between attempts, honouring a server's Retry-After."""
+
+    max_attempts: int = 4
+    initial_wait: float = 0.5
+    max_wait: float = 30.0
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RequestError) and exc.retry_after is not None:
+            # A little jitter so that many clients told the same Retry-After do not return in lockstep.
+            return min(self.max_wait, exc.retry_after) + random.uniform(0, 0.1)
+        return wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)(state)
+
+    def retrying(self, attempts_used: int, on_retry: Callable[[RetryCallState], None] | None = None) -> AsyncRetrying:
+        """A tenacity loop for an item that has already spent `attempts_used` attempts."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.max_attempts - attempts_used)),
+            wait=self.wait,
+            retry=retry_if_exception(is_retryable),
+            before_sleep=on_retry,
+            reraise=True,
+        )

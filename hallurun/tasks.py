@@ -1,0 +1,66 @@
+"""Built-in tasks: each is a folder under `tasks/` holding `task.json` (data, not code) and its dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+class TaskError(Exception):
+    """An unknown task name, or a task folder that does not hold what it should."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task: its name, its default dataset and its default sampling."""
+
+    name: str
+    description: str
+    dataset: Path
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def tasks_root() -> Path:
+    """Where built-in tasks live: beside the package in a checkout, inside it when installed as a wheel."""
+    for candidate in (_PACKAGE / "_tasks", _PACKAGE.parent / "tasks"):
+        if candidate.is_dir():
+            return candidate
+    raise TaskError("no built-in tasks folder found")
+
+
+def load_task(folder: Path) -> Task:
+    """Read one task folder."""
+    spec_path = folder / "task.json"
+    try:
+        spec = orjson.loads(spec_path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise TaskError(f"{spec_path}: cannot read task spec ({exc})") from None
+    return Task(
+        name=spec.get("name", folder.name),
+        description=spec.get("description", ""),
+        dataset=folder / spec["data"],
+        defaults=dict(spec.get("defaults", {})),
+    )
+
+
+def builtin_tasks() -> list[Task]:
+    """All built-in tasks, by name."""
+    root = tasks_root()
+    return [load_task(p.parent) for p in sorted(root.glob("*/task.json"))]
+
+
+def resolve(name_or_path: str) -> Task:
+    """A built-in task by name, or an ad-hoc task made from a JSONL file path."""
+    for task in builtin_tasks():
+        if task.name == name_or_path:
+            return task
+    path = Path(name_or_path)
+    if path.suffix in {".jsonl", ".json"} or path.exists():
+        return Task(name=path.stem, description=f"prompts from {path}", dataset=path)
+    names = ", ".join(t.name for t in builtin_tasks())
+    raise TaskError(f"unknown task {name_or_path!r}: use one of {names}, or a path to a JSONL file")
