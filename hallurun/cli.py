@@ -2,15 +2,172 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
+import orjson
 
 from hallurun import __version__
+
+F = Callable[..., Any]
+
+
+def option(*decls: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option that can also be set as HALLURUN_<OPTION> in the environment."""
+    long = next(d for d in decls if d.startswith("--"))
+    kwargs.setdefault("envvar", "HALLURUN_" + long[2:].upper().replace("-", "_"))
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*decls, **kwargs)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _operational_options(fn: F) -> F:
+    """Options that may change between a run and its resumption."""
+    decorators = [
+        option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at once. [default: 64]"),
+        option("--stall-timeout", type=float,
+               help="Seconds without a byte from the server, while requests are in flight, that mean a wedge. "
+                    "[default: 30]"),
+        option("--request-timeout", type=float, help="Optional hard cap on one request, in seconds."),
+        option("--max-attempts", type=click.IntRange(min=1), help="Attempts per item. [default: 4]"),
+        option("--max-restarts", type=click.IntRange(min=0), help="Server restarts allowed per session. [default: 10]"),
+        option("--restart-wait", type=float,
+               help="Seconds a restart may take (else SERVER_RESTART_WAIT_TIME, else twice the first startup)."),
+        option("--startup-timeout", type=float, help="Seconds the first server start may take. [default: 900]"),
+        option("--port", type=int, help="Port for the launched server. [default: a free port]"),
+        option("--server-python", type=click.Path(dir_okay=False),
+               help="Python of the environment that has vLLM. [default: this one]"),
+    ]
+    for decorate in reversed(decorators):
+        fn = decorate(fn)
+    return fn
+
+
+def _split_operational(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate server-level options (port, python, startup) from the run-level ones."""
+    server = {"port": opts.pop("port"), "python": opts.pop("server_python"),
+              "startup_timeout": opts.pop("startup_timeout")}
+    return opts, server
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hallurun")
 def main() -> None:
     """Run LLM prompt batches against a supervised inference server, exactly once."""
+
+
+@main.command(context_settings={"show_default": True})
+@option("--task", required=True, help="A built-in task name (see `hallurun tasks`) or a JSONL file of prompts.")
+@option("--dataset", type=click.Path(dir_okay=False, path_type=Path),
+        help="Replace a built-in task's data with this file of the same format.")
+@option("--limit", type=click.IntRange(min=0), help="Run only the first N items.")
+@option("--model", required=True, help="Model name or path, as the server knows it.")
+@option("--api", type=click.Choice(["chat", "completions"]), help="Chat (one user message) or raw completions.")
+@option("--max-tokens", type=click.IntRange(min=1), help="Default from the task.")
+@option("--temperature", type=float, help="Default from the task.")
+@option("--top-p", type=float, help="Default from the task.")
+@option("--seed", type=int, help="Sampling seed sent with each request.")
+@option("--server", "server_kind", type=click.Choice(["vllm", "mock", "external"]), default="vllm",
+        help="Launch vLLM, launch the mock server, or use a running server.")
+@option("--server-url", help="URL of a running server (implies --server external).")
+@option("--host", default="127.0.0.1", help="Address the launched server binds.")
+@option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+        help="Run directory. [default: runs/<task>-<model>-<timestamp>]")
+@_operational_options
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def inference(task: str, dataset: Path | None, limit: int | None, model: str, api: str | None,
+              max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
+              server_kind: str, server_url: str | None, host: str, run_dir: Path | None, server_args: tuple[str, ...],
+              **ops: Any) -> None:
+    """Run a task's prompts against a supervised server. Arguments after `--` go to the server command."""
+    from hallurun import config, runner, tasks
+
+    operational, server = _split_operational(ops)
+    try:
+        spec = tasks.resolve(task)
+        cfg = config.build(
+            spec, model=model, dataset=dataset, limit=limit,
+            run_dir=run_dir or runner.default_run_dir(spec.name, model),
+            sampling={"api": api, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                      "seed": seed},
+            server={"kind": server_kind, "url": server_url, "host": host, "args": tuple(server_args), **server},
+            operational=operational,
+        )
+        code = runner.start(cfg)
+    except (config.ConfigError, tasks.TaskError, runner.UsageError) as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--retry-failed", is_flag=True, help="Run the items recorded in failures.jsonl again.")
+@click.option("--force", is_flag=True, help="Continue even though the dataset file changed.")
+@_operational_options
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: tuple[str, ...], **ops: Any) -> None:
+    """Continue an interrupted run (default: the most recent under runs/). Model, task and sampling come from
+    its manifest; operational options and server arguments after `--` may be changed."""
+    import dataclasses
+
+    from hallurun import config, manifest, runner
+
+    operational, server = _split_operational(ops)
+    overrides = {k: v for k, v in operational.items() if v is not None}
+    try:
+        run_dir = run_dir or runner.latest_run()
+        saved = config.RunConfig.from_json(manifest.read(run_dir)["config"]).server
+        server_changes = {k: v for k, v in server.items() if v is not None}
+        if server_args:
+            server_changes["args"] = tuple(server_args)
+        if server_changes:
+            overrides["server"] = dataclasses.replace(saved, **server_changes)
+        code = runner.resume(run_dir, overrides, retry_failed=retry_failed, force=force)
+    except (config.ConfigError, manifest.ManifestError, runner.UsageError) as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def status(run_dir: Path | None, as_json: bool) -> None:
+    """Show a run's progress, failures and restarts (default: the most recent run)."""
+    from hallurun import manifest, runner
+    from hallurun import status as run_status
+
+    try:
+        summary = run_status.summarize(run_dir or runner.latest_run())
+    except (manifest.ManifestError, runner.UsageError) as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(orjson.dumps(summary).decode())
+        return
+    state = ("finished" if summary["finished"] else
+             f"running (pid {summary['running_pid']})" if summary["running_pid"] else "stopped")
+    click.echo(f"{summary['run_dir']}: {summary['task']} on {summary['model']} — {state}")
+    click.echo(f"  {summary['done']}/{summary['total']} done, {summary['failed']} failed, "
+               f"{summary['pending']} pending")
+    click.echo(f"  restarts {summary['restarts']} (wedges {summary['wedges']}, crashes {summary['crashes']}), "
+               f"quarantined {summary['quarantined']}")
+    for reason, count in sorted(summary["failures_by_reason"].items()):
+        click.echo(f"  failed: {reason}: {count}")
+
+
+@main.command("tasks")
+def list_tasks() -> None:
+    """List the built-in tasks."""
+    from hallurun import tasks
+
+    for task in tasks.builtin_tasks():
+        click.echo(f"{task.name:16} {task.description}  [{task.dataset}]")
 
 
 @main.command("mock-server")

@@ -115,3 +115,33 @@ def env_restart_settings(environ: os._Environ[str] | dict[str, str] | None = Non
         except ValueError:
             raise ConfigError(f"SERVER_RESTART_WAIT_TIME must be a number of seconds, got {wait!r}") from None
     return out
+
+
+def build(task: Any, *, model: str, run_dir: Path, dataset: Path | None = None, limit: int | None = None,
+          sampling: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+          operational: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> RunConfig:
+    """Build a run's configuration: the task's defaults, overridden by what the user gave.
+
+    `task` is a `hallurun.tasks.Task`; None values in the option dicts mean "not given". HalluLens'
+    ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME apply unless the matching option is given.
+    """
+    given = {k: v for k, v in (sampling or {}).items() if v is not None}
+    sampling_fields = {f.name for f in dataclasses.fields(Sampling)}
+    defaults = {k: v for k, v in task.defaults.items() if k in sampling_fields}
+    server_opts = {k: v for k, v in (server or {}).items() if v is not None}
+    if server_opts.get("url"):
+        server_opts["kind"] = "external"
+    if server_opts.get("kind") == "external" and not server_opts.get("url"):
+        raise ConfigError("--server external needs --server-url")
+    ops = env_restart_settings(environ)
+    ops.update({k: v for k, v in (operational or {}).items() if v is not None})
+    return RunConfig(
+        task=task.name,
+        dataset=Path(dataset) if dataset is not None else task.dataset,
+        model=model,
+        run_dir=run_dir,
+        sampling=Sampling(**{**defaults, **given}),
+        server=ServerSpec(**server_opts),
+        limit=limit,
+        **ops,
+    )

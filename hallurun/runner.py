@@ -1,0 +1,260 @@
+"""A run from start to end: the run directory, its lock and manifest, the server, the scheduler, the exit code.
+
+`start` begins (or continues) a run from a fresh configuration; `resume` continues one from its manifest.
+Both return the process exit code; errors a user can fix are raised as `UsageError` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from rich.console import Console
+
+from hallurun import manifest
+from hallurun.checkpoint import Checkpoint, read_records
+from hallurun.client import Client
+from hallurun.config import ConfigError, RunConfig
+from hallurun.dataset import DatasetError, DatasetInfo, iter_items, scan
+from hallurun.events import EventLog
+from hallurun.lock import LockError, RunLock
+from hallurun.progress import progress_line, show, summary_table
+from hallurun.scheduler import RestartBudgetExhausted, Scheduler
+from hallurun.stats import RunStats
+from hallurun.supervisor import ServerStartError, Supervisor
+from hallurun.watchdog import Activity
+
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+GENERATION = "generation.jsonl"
+API_KEY_ENV = "HALLURUN_API_KEY"
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: a one-line message, exit code 2."""
+
+
+def default_run_dir(task: str, model: str, root: Path = Path("runs")) -> Path:
+    """`runs/<task>-<model>-<timestamp>`, with the model name made safe for a path."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/").split("/")[-1])
+    return root / f"{task}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run(root: Path = Path("runs")) -> Path:
+    """The most recently created run directory under `root`."""
+    found = sorted(root.glob(f"*/{manifest.MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UsageError(f"no runs found under {root}/; give the run directory")
+    return found[-1].parent
+
+
+def start(config: RunConfig, console: Console | None = None) -> int:
+    """Start a run, or continue it if its directory already holds the same run."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    with _Session(config.run_dir) as session:
+        info = _scan(config)
+        if (config.run_dir / manifest.MANIFEST).exists():
+            existing = manifest.read(config.run_dir)
+            if existing["fingerprint"] != manifest.fingerprint(config, info.sha256):
+                raise UsageError(f"{config.run_dir} holds a different run (task, model, sampling or data differ); "
+                                 f"use `hallurun resume {config.run_dir}` or choose another --run-dir")
+        manifest.write(config, info)
+        return session.drive(config, info, console or Console(), resumed=False)
+
+
+def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = False, force: bool = False,
+           console: Console | None = None) -> int:
+    """Continue a run from its manifest. Only operational settings may be overridden."""
+    with _Session(run_dir) as session:
+        try:
+            saved = manifest.read(run_dir)
+            config = RunConfig.from_json(saved["config"])
+            config = dataclasses.replace(config, run_dir=run_dir, retry_failed=retry_failed, **overrides)
+        except (manifest.ManifestError, ConfigError) as exc:
+            raise UsageError(str(exc)) from None
+        except (KeyError, TypeError) as exc:
+            raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
+        info = _scan(config)
+        if info.sha256 != saved["dataset"]["sha256"]:
+            if not force:
+                raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
+                                 f"{saved['dataset']['sha256'][:12]} → {info.sha256[:12]}); "
+                                 "restore it, or pass --force to continue with the new file")
+            manifest.write(config, info)
+        return session.drive(config, info, console or Console(), resumed=True)
+
+
+def _scan(config: RunConfig) -> DatasetInfo:
+    try:
+        return scan(config.dataset, config.limit)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"hallurun resume {run_dir}"
+
+
+@dataclass
+class _Outcome:
+    code: int
+    message: str = ""
+
+
+class _Session:
+    """Holds the run directory's lock for one invocation and drives the run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        if not run_dir.is_dir():
+            raise UsageError(f"{run_dir}: no such run directory")
+        self.lock = RunLock(run_dir)
+
+    def __enter__(self) -> _Session:
+        try:
+            self.lock.acquire()
+        except LockError as exc:
+            raise UsageError(str(exc)) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def drive(self, config: RunConfig, info: DatasetInfo, console: Console, *, resumed: bool) -> int:
+        checkpoint = Checkpoint(config.run_dir)
+        events = EventLog(config.run_dir)
+        try:
+            if config.retry_failed:
+                retried = checkpoint.forget_failures()
+                events.emit("failures_retried", count=len(retried))
+            stats = RunStats(total=info.count, done=len(checkpoint.done), failed=len(checkpoint.failed))
+            stats.done_at_start = stats.settled
+            events.emit("run_resumed" if resumed else "run_started", total=info.count, done=stats.done,
+                        failed=stats.failed, repaired_bytes=checkpoint.repaired_bytes)
+            if checkpoint.repaired_bytes:
+                console.print(f"repaired a torn last line ({checkpoint.repaired_bytes} bytes) in {config.run_dir}")
+            console.print(f"hallurun: {config.task} on {config.model}: {stats.settled}/{info.count} already "
+                          f"settled; run dir {config.run_dir}; resume with `{resume_command(config.run_dir)}`",
+                          highlight=False)
+            outcome = asyncio.run(_drive(config, checkpoint, events, stats, console))
+        finally:
+            checkpoint.close()
+        return _finish(config, info, checkpoint, events, stats, outcome, console)
+
+
+def _server_env(config: RunConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    # Lets anyone (tests, operators) find every process of this run's server tree.
+    env["HALLURUN_RUN_DIR"] = str(config.run_dir.resolve())
+    key = os.environ.get(API_KEY_ENV)
+    if key and config.server.kind == "vllm":
+        env["VLLM_API_KEY"] = key
+    return env
+
+
+async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
+                 console: Console) -> _Outcome:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    supervisor: Supervisor | None = None
+    interrupts = 0
+
+    def on_signal(name: str) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            events.emit("interrupted", signal=name)
+            console.print(f"\n{name}: stopping (again to exit at once)", highlight=False)
+            main.cancel()
+            return
+        # Second signal: no more waiting, but still no orphans and nothing written lost.
+        if supervisor is not None:
+            supervisor.kill_now()
+        checkpoint.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    display = asyncio.create_task(show(stats, console), name="progress")
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            env = _server_env(config)
+            supervisor = Supervisor(config, events, session, env)
+            activity = Activity()
+            client = Client(session, supervisor.base_url, config.model, config.sampling, activity,
+                            api_key=os.environ.get(API_KEY_ENV))
+            items = iter_items(config.dataset, config.limit)
+            scheduler = Scheduler(config, items, checkpoint, events, supervisor, client, activity, stats)
+            try:
+                await supervisor.start()
+                await scheduler.run()
+            finally:
+                await supervisor.stop()
+                supervisor.close()
+    except asyncio.CancelledError:
+        if interrupts == 0:
+            raise
+        main.uncancel()
+        return _Outcome(EXIT_INTERRUPTED, "interrupted")
+    except (ServerStartError, RestartBudgetExhausted) as exc:
+        return _Outcome(EXIT_SERVER, str(exc))
+    finally:
+        display.cancel()
+        await asyncio.gather(display, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return _Outcome(EXIT_OK)
+
+
+def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
+            outcome: _Outcome, console: Console) -> int:
+    try:
+        console.print(summary_table(stats, f"hallurun {config.task} · {config.model}"))
+        console.print(progress_line(stats), highlight=False)
+        resume_hint = f"resume with: {resume_command(config.run_dir)}"
+        if outcome.code == EXIT_INTERRUPTED:
+            console.print(f"interrupted; {resume_hint}", highlight=False)
+            return EXIT_INTERRUPTED
+        if outcome.code == EXIT_SERVER:
+            events.emit("run_aborted", reason=outcome.message.splitlines()[0])
+            Console(stderr=True).print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
+            return EXIT_SERVER
+        write_generation(config, config.run_dir / GENERATION)
+        code = EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK
+        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed), exit_code=code)
+        if checkpoint.failed:
+            console.print(f"{len(checkpoint.failed)} item(s) failed (see {config.run_dir / 'failures.jsonl'}):",
+                          highlight=False)
+            for item_id, reason in list(checkpoint.failed.items())[:20]:
+                console.print(f"  {item_id}: {reason}", highlight=False, markup=False)
+            console.print(f"retry them with: {resume_command(config.run_dir)} --retry-failed", highlight=False)
+        console.print(f"results: {config.run_dir / 'results.jsonl'}", highlight=False)
+        return code
+    finally:
+        events.close()
+
+
+def write_generation(config: RunConfig, path: Path) -> int:
+    """Write HalluLens' `generation.jsonl`: input fields plus `generation`, in dataset order, atomically."""
+    generations = {str(r["id"]): r.get("generation", "") for r in read_records(config.run_dir / "results.jsonl")}
+    tmp = path.with_suffix(".jsonl.tmp")
+    written = 0
+    with tmp.open("wb") as out:
+        for item in iter_items(config.dataset, config.limit):
+            if item.id in generations:
+                out.write(orjson.dumps({**item.record, "generation": generations[item.id]}) + b"\n")
+                written += 1
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return written

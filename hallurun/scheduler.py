@@ -1,0 +1,339 @@
+"""The scheduler: keeps up to `concurrency` requests in flight and reacts to what the watchdog sees.
+
+It owns three kinds of task under one TaskGroup: a task per in-flight item, the monitor (wedges, crashes,
+stalled streams) and the flusher (checkpoint batches). Recovery from a wedge or a crash is done by the monitor
+alone, so there is exactly one restart per incident however many requests notice it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+from tenacity import RetryCallState
+
+from hallurun.checkpoint import Checkpoint
+from hallurun.client import Client, Completion
+from hallurun.config import RunConfig
+from hallurun.dataset import Item
+from hallurun.events import EventLog
+from hallurun.poison import PoisonTracker
+from hallurun.policy import RequestError, RetryPolicy, ServerDown
+from hallurun.stats import RunStats
+from hallurun.supervisor import ServerStartError, Supervisor
+from hallurun.watchdog import Activity, Flight, inspect
+
+FLUSH_INTERVAL = 0.2  # seconds between checkpoint batches
+FLUSH_BATCH = 512  # a batch this large is written at once
+
+
+class RestartBudgetExhausted(Exception):
+    """The server needed more restarts than `--max-restarts` allows."""
+
+
+@dataclass(eq=False)
+class Job:
+    """An item and the attempts it has spent; a requeued job keeps its count."""
+
+    item: Item
+    attempts: int = 0
+
+
+@dataclass(eq=False)
+class _Running:
+    job: Job
+    flight: Flight
+    task: asyncio.Task[None]
+
+
+class Scheduler:
+    """Runs every unsettled item to a result or a recorded failure."""
+
+    def __init__(self, config: RunConfig, items: Iterator[Item], checkpoint: Checkpoint, events: EventLog,
+                 supervisor: Supervisor, client: Client, activity: Activity, stats: RunStats) -> None:
+        self.config = config
+        self.checkpoint = checkpoint
+        self.events = events
+        self.supervisor = supervisor
+        self.client = client
+        self.activity = activity
+        self.stats = stats
+        self.policy = RetryPolicy(max_attempts=config.max_attempts)
+        self.poison = PoisonTracker()
+        self._items = (item for item in items if not checkpoint.is_settled(item.id))
+        self._items_left = True
+        self._front: deque[Job] = deque()  # requeued jobs, ahead of fresh items
+        self._solo: deque[Job] = deque()  # suspects of poison, each run with nothing else in flight
+        self._running: dict[str, _Running] = {}
+        self._gate = asyncio.Event()  # open while dispatch may proceed; closed during a restart
+        self._changed = asyncio.Event()  # something the dispatcher waits on has changed
+        self._trouble = asyncio.Event()  # an item saw the server process gone
+        self._fatal: Exception | None = None
+        self._tg: asyncio.TaskGroup | None = None
+
+    async def run(self) -> None:
+        """Dispatch until every item is settled. Raises RestartBudgetExhausted or ServerStartError."""
+        loop = asyncio.get_running_loop()
+        self.activity.touch(loop.time())
+        self._gate.set()
+        self.stats.server_state = "running"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                monitor = tg.create_task(self._monitor(), name="monitor")
+                flusher = tg.create_task(self._flusher(), name="flusher")
+                await self._dispatch()
+                monitor.cancel()
+                flusher.cancel()
+                for running in self._running.values():
+                    running.task.cancel()
+        finally:
+            self.checkpoint.flush()
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- dispatch --------------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while self._fatal is None:
+            self._changed.clear()
+            if not self._gate.is_set():
+                await self._wait_changed()
+                continue
+            job, solo = self._next_job()
+            if job is not None:
+                self._launch(job, solo)
+                continue
+            if not self._running and not self._front and not self._solo and not self._items_left:
+                return
+            await self._wait_changed()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def _next_job(self) -> tuple[Job | None, bool]:
+        """The next job to send, if one may go now, and whether it must run alone."""
+        if len(self._running) >= self.config.concurrency:
+            return None, False
+        if any(r.flight.solo for r in self._running.values()):
+            return None, False
+        if self._solo:
+            return (self._solo.popleft(), True) if not self._running else (None, False)
+        while True:
+            job = self._take()
+            if job is None:
+                return None, False
+            if self.poison.is_suspect(job.item.id):
+                self._solo.append(job)
+                return self._next_job()
+            return job, False
+
+    def _take(self) -> Job | None:
+        if self._front:
+            return self._front.popleft()
+        if self._items_left:
+            item = next(self._items, None)
+            if item is not None:
+                return Job(item)
+            self._items_left = False
+        return None
+
+    def _launch(self, job: Job, solo: bool) -> None:
+        assert self._tg is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._running:
+            self.activity.touch(now)  # the silence clock starts when we start waiting on the server
+        flight = Flight(job.item.id, started=now, solo=solo)
+        task = self._tg.create_task(self._run_job(job, flight))
+        self._running[job.item.id] = _Running(job, flight, task)
+        self.stats.in_flight = len(self._running)
+
+    def _requeue_front(self, jobs: list[Job]) -> None:
+        for job in reversed(jobs):
+            self._front.appendleft(job)
+
+    # -- one item --------------------------------------------------------------------------------------
+
+    async def _run_job(self, job: Job, flight: Flight) -> None:
+        began = asyncio.get_running_loop().time()
+        try:
+            completion = await self._with_retries(job, flight)
+        except RequestError as exc:
+            self._record_failure(job, exc.reason, str(exc))
+        except ServerDown:
+            # Not the item's fault: it goes back without spending an attempt, and the monitor relaunches.
+            self._requeue_front([job])
+            self._gate.clear()
+            self._trouble.set()
+        else:
+            self._record_result(job, completion, asyncio.get_running_loop().time() - began)
+        finally:
+            self._running.pop(job.item.id, None)
+            self.stats.in_flight = len(self._running)
+            self._changed.set()
+
+    async def _with_retries(self, job: Job, flight: Flight) -> Completion:
+        async for attempt in self.policy.retrying(job.attempts, self._on_retry):
+            with attempt:
+                return await self._attempt(job, flight)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _attempt(self, job: Job, flight: Flight) -> Completion:
+        loop = asyncio.get_running_loop()
+        flight.new_attempt(loop.time())
+        try:
+            async with asyncio.timeout(self.config.request_timeout) as deadline:
+                flight.deadline = deadline
+                completion = await self.client.complete(job.item.prompt, flight)
+        except aiohttp.ClientError as exc:
+            if await self.supervisor.has_exited():
+                raise ServerDown(str(exc)) from exc
+            job.attempts += 1
+            raise RequestError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        except TimeoutError:
+            job.attempts += 1
+            if flight.stalled:
+                raise RequestError("stalled", "the stream went quiet while the server kept streaming others",
+                                   retryable=True) from None
+            raise RequestError("request_timeout", f"no answer within {self.config.request_timeout}s",
+                               retryable=True) from None
+        except RequestError:
+            job.attempts += 1
+            raise
+        job.attempts += 1
+        return completion
+
+    def _on_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+
+    def _record_result(self, job: Job, completion: Completion, latency: float) -> None:
+        self.poison.forget(job.item.id)
+        record = {
+            "id": job.item.id,
+            **job.item.record,
+            "generation": completion.text,
+            "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "latency_s": round(latency, 4),
+            "attempts": job.attempts,
+        }
+        record["id"] = job.item.id
+        if self.checkpoint.add_result(record):
+            self.stats.done += 1
+        self._maybe_flush()
+
+    def _record_failure(self, job: Job, reason: str, error: str) -> None:
+        self.poison.forget(job.item.id)
+        if self.checkpoint.add_failure(job.item.id, reason, error):
+            self.stats.failed += 1
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if self.checkpoint.pending >= FLUSH_BATCH:
+            self.checkpoint.flush()
+
+    # -- monitoring and recovery -----------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)  # a timer is the event: batches are cut by time
+            self.checkpoint.flush()
+
+    async def _monitor(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = min(1.0, self.config.stall_timeout / 5)
+        while self._fatal is None:
+            try:
+                async with asyncio.timeout(tick):
+                    await self._trouble.wait()
+            except TimeoutError:
+                pass
+            if self.supervisor.managed and (self._trouble.is_set() or self.supervisor.returncode is not None):
+                await self._recover("server_exited")
+                continue
+            flights = [r.flight for r in self._running.values()]
+            verdict = inspect(loop.time(), flights, self.activity, self.config.stall_timeout)
+            if verdict.wedged:
+                await self._recover("wedge", quiet_s=round(verdict.quiet_for, 2))
+                continue
+            for flight in verdict.stalled:
+                flight.stalled = True
+                if flight.deadline is not None:
+                    flight.deadline.reschedule(loop.time())
+
+    async def _recover(self, cause: str, **detail: object) -> None:
+        """Stop everything in flight, put it back, restart the server once, reopen dispatch."""
+        self._gate.clear()
+        running = list(self._running.values())
+        ids = [r.job.item.id for r in running]
+        quarantine: list[str] = []
+        if cause == "wedge":
+            self.stats.wedges += 1
+            solo = next((r.job.item.id for r in running if r.flight.solo), None)
+            self.events.emit("hang_detected", in_flight=len(ids), items=ids[:64], **detail)
+            quarantine = self.poison.on_wedge(ids, solo)
+        else:
+            self.stats.crashes += 1
+            self.events.emit("server_exited", returncode=self.supervisor.returncode, in_flight=len(ids))
+        for r in running:
+            r.task.cancel()
+        await asyncio.gather(*(r.task for r in running), return_exceptions=True)
+        back = []
+        for r in running:
+            if r.job.item.id in quarantine:
+                self._quarantine(r.job)
+            else:
+                back.append(r.job)
+        if cause == "wedge" and not self.config.enable_restart:
+            self._requeue_front(self._spend_attempt(back))
+            self._reopen()
+            return
+        self._requeue_front(back)
+        if not self.config.enable_restart:
+            self._fatal = ServerStartError("the server exited and ENABLE_SERVER_RESTART is off")
+        elif self.stats.restarts >= self.config.max_restarts:
+            self._fatal = RestartBudgetExhausted(
+                f"the server needed more than --max-restarts={self.config.max_restarts} restarts")
+        if self._fatal is not None:
+            self._changed.set()
+            return
+        self.stats.restarts += 1
+        self.stats.server_state = "restarting"
+        try:
+            took = await self.supervisor.restart()
+        except ServerStartError as exc:
+            self._fatal = exc
+            self._changed.set()
+            return
+        self.client.retarget(self.supervisor.base_url)
+        self.events.emit("server_restarted", cause=cause, restarts=self.stats.restarts, startup_s=round(took, 2),
+                         requeued=len(back), managed=self.supervisor.managed)
+        self._reopen()
+
+    def _reopen(self) -> None:
+        self._trouble.clear()
+        self.activity.touch(asyncio.get_running_loop().time())
+        self.stats.server_state = "running"
+        self._gate.set()
+        self._changed.set()
+
+    def _spend_attempt(self, jobs: list[Job]) -> list[Job]:
+        """Without restarts a wedge is only a timeout: each job pays an attempt, and may run out."""
+        keep = []
+        for job in jobs:
+            job.attempts += 1
+            if job.attempts >= self.config.max_attempts:
+                self._record_failure(job, "stalled", "the server stopped answering and restarts are disabled")
+            else:
+                keep.append(job)
+        return keep
+
+    def _quarantine(self, job: Job) -> None:
+        self.stats.quarantined += 1
+        self._record_failure(job, "poison", "the server wedged each time this item was in flight, the last time alone")
+        self.events.emit("item_quarantined", id=job.item.id)
