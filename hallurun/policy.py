@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from tenacity import (
     AsyncRetrying,
@@ -73,7 +74,11 @@ class RetryPolicy:
         if isinstance(exc, RequestError) and exc.retry_after is not None:
             # A little jitter so that many clients told the same Retry-After do not return in lockstep.
             return min(self.max_wait, exc.retry_after) + random.uniform(0, 0.1)
-        return wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)(state)
+        return self._backoff(state)
+
+    @cached_property
+    def _backoff(self) -> wait_exponential_jitter:
+        return wait_exponential_jitter(multiplier=self.initial_wait, max=self.max_wait)
 
     def retrying(self, attempts_used: int, on_retry: Callable[[RetryCallState], None] | None = None) -> AsyncRetrying:
         """A tenacity loop for an item that has already spent `attempts_used` attempts."""

@@ -1,0 +1,114 @@
+"""Shared helpers: run hallurun as a real subprocess, write datasets, find a run's server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_dataset(path: Path, n: int, *, prefix: str = "item", extra: Callable[[int], dict[str, Any]] | None = None,
+                  prompt: Callable[[int], str] | None = None) -> list[str]:
+    """Write `n` records with ids `<prefix>-<i>` and return the ids."""
+    ids = []
+    with path.open("wb") as fh:
+        for i in range(n):
+            item_id = f"{prefix}-{i:05d}"
+            record = {"id": item_id, "prompt": prompt(i) if prompt else f"Question number {i}: what is {i} plus 1?",
+                      "answer": str(i + 1)}
+            if extra:
+                record.update(extra(i))
+            fh.write(orjson.dumps(record) + b"\n")
+            ids.append(item_id)
+    return ids
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def events(run_dir: Path, name: str | None = None) -> list[dict[str, Any]]:
+    found = read_jsonl(run_dir / "events.jsonl")
+    return [e for e in found if name is None or e["event"] == name]
+
+
+def server_processes(run_dir: Path) -> list[int]:
+    """Pids of live processes launched for this run (they carry HALLURUN_RUN_DIR in their environment)."""
+    marker = f"HALLURUN_RUN_DIR={run_dir.resolve()}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Hallurun:
+    """Runs the hallurun CLI in a subprocess, as a user would."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for key in list(self.env):
+            if key.startswith("HALLURUN_") or key in {"ENABLE_SERVER_RESTART", "SERVER_RESTART_WAIT_TIME"}:
+                del self.env[key]
+
+    def cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "hallurun", *args]
+
+    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd(*args), cwd=self.cwd, env={**self.env, **(env or {})}, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+        out = log.open("wb") if log else subprocess.DEVNULL
+        return subprocess.Popen(self.cmd(*args), cwd=self.cwd, env={**self.env, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def hallurun(tmp_path: Path) -> Hallurun:
+    return Hallurun(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_servers(tmp_path: Path):
+    """Every test must leave no server process behind; kill any survivor so one failure does not cascade."""
+    yield
+    survivors = [pid for run_dir in tmp_path.glob("**/manifest.json") for pid in server_processes(run_dir.parent)]
+    for pid in survivors:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not survivors, f"server processes left behind: {survivors}"

@@ -1,0 +1,104 @@
+"""The decision logic on its own, driven without sockets: wedge verdicts, poison tracking, retry policy."""
+
+from __future__ import annotations
+
+import pytest
+from tenacity import RetryCallState
+
+from hallurun.poison import PoisonTracker
+from hallurun.policy import RequestError, RetryPolicy, classify_status, is_retryable
+from hallurun.watchdog import Activity, Flight, inspect
+
+
+def test_no_flights_is_never_a_wedge() -> None:
+    assert inspect(100.0, [], Activity(last=0.0), 30).wedged is False
+
+
+def test_silence_with_requests_in_flight_is_one_wedge_verdict() -> None:
+    flights = [Flight(f"i{n}", started=0.0) for n in range(64)]
+    verdict = inspect(31.0, flights, Activity(last=1.0), 30)
+    assert verdict.wedged and verdict.stalled == ()
+
+
+def test_a_quiet_stream_among_streaming_ones_is_stalled_alone() -> None:
+    quiet = Flight("quiet", started=0.0)
+    quiet.data(1.0)
+    busy = Flight("busy", started=0.0)
+    busy.data(40.0)
+    verdict = inspect(40.0, [quiet, busy], Activity(last=40.0), 30)
+    assert not verdict.wedged
+    assert verdict.stalled == (quiet,)
+
+
+def test_a_request_queued_in_the_server_is_waiting_not_stalled() -> None:
+    queued = Flight("queued", started=0.0)  # no data yet: the server has not started it
+    busy = Flight("busy", started=0.0)
+    busy.data(100.0)
+    assert inspect(100.0, [queued, busy], Activity(last=100.0), 30) == inspect(100.0, [busy], Activity(100.0), 30)
+
+
+def test_a_long_generation_that_keeps_streaming_is_never_cut() -> None:
+    long = Flight("long", started=0.0)
+    for t in range(0, 3600, 5):
+        long.data(float(t))
+        verdict = inspect(float(t) + 4, [long], Activity(last=float(t)), 30)
+        assert not verdict.wedged and not verdict.stalled
+
+
+def test_a_stream_already_cut_is_not_reported_twice() -> None:
+    quiet = Flight("quiet", started=0.0)
+    quiet.data(0.0)
+    quiet.stalled = True
+    assert inspect(50.0, [quiet], Activity(last=45.0), 30).stalled == ()
+
+
+def test_poison_is_quarantined_on_its_third_wedge_only_when_alone() -> None:
+    tracker = PoisonTracker()
+    assert tracker.on_wedge(["p", "a", "b"]) == []
+    assert not tracker.is_suspect("p")
+    assert tracker.on_wedge(["p", "a", "c"]) == []
+    assert tracker.is_suspect("p") and tracker.is_suspect("a") and not tracker.is_suspect("c")
+    tracker.forget("a")  # "a" ran alone and finished: cleared
+    assert tracker.on_wedge(["p"], solo="p") == ["p"]
+    assert not tracker.is_suspect("p")
+
+
+def test_a_wedge_with_others_in_flight_does_not_convict_the_solo_suspect() -> None:
+    tracker = PoisonTracker()
+    tracker.on_wedge(["p", "x"])
+    tracker.on_wedge(["p", "x"])
+    assert tracker.on_wedge(["p", "x"], solo=None) == []
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(400, False), (422, False), (404, False), (408, True),
+                                                   (429, True), (500, True), (503, True)])
+def test_status_classification(status: int, retryable: bool) -> None:
+    assert classify_status(status, "body").retryable is retryable
+
+
+def test_retry_after_is_honoured() -> None:
+    exc = classify_status(429, "slow down", "7")
+    assert exc.retry_after == 7.0
+    policy = RetryPolicy(max_attempts=4)
+    state = RetryCallState(retry_object=policy.retrying(0), fn=None, args=(), kwargs={})
+    state.set_exception((RequestError, exc, None))
+    assert 7.0 <= policy.wait(state) <= 7.1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    policy = RetryPolicy(max_attempts=10, initial_wait=0.5, max_wait=4.0)
+    waits = []
+    for number in range(1, 9):
+        state = RetryCallState(retry_object=policy.retrying(0), fn=None, args=(), kwargs={})
+        state.attempt_number = number
+        state.set_exception((RequestError, RequestError("http_500", "x", retryable=True), None))
+        waits.append(policy.wait(state))
+    assert waits[0] < 2.0
+    assert all(w <= 4.0 + 1.0 for w in waits)  # jitter adds at most one second
+    assert max(waits) >= 4.0
+
+
+def test_only_retryable_request_errors_are_retried() -> None:
+    assert is_retryable(RequestError("http_500", "x", retryable=True))
+    assert not is_retryable(RequestError("http_400", "x", retryable=False))
+    assert not is_retryable(ValueError("bug"))
