@@ -150,12 +150,12 @@ class Checkpoint:
         self.results.append(record)
         return True
 
-    def add_failure(self, item_id: str, reason: str, error: str) -> bool:
+    def add_failure(self, item_id: str, reason: str, error: str, attempts: int) -> bool:
         """Record an item that finally failed. Returns False if it is already finished or failed."""
         if item_id in self.done or item_id in self.failed:
             return False
         self.failed[item_id] = reason
-        self.failures.append({"id": item_id, "reason": reason, "error": error})
+        self.failures.append({"id": item_id, "reason": reason, "error": error, "attempts": attempts})
         return True
 
     @property

@@ -67,7 +67,7 @@ def start(config: RunConfig, console: Console | None = None) -> int:
                 raise UsageError(f"{config.run_dir} holds a different run (task, model, sampling or data differ); "
                                  f"use `hallurun resume {config.run_dir}` or choose another --run-dir")
         manifest.write(config, info)
-        return session.drive(config, info, console or Console(), resumed=False)
+        return session.drive(config, info, console or Console(soft_wrap=True), resumed=False)
 
 
 def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = False, force: bool = False,
@@ -89,7 +89,7 @@ def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = Fal
                                  f"{saved['dataset']['sha256'][:12]} → {info.sha256[:12]}); "
                                  "restore it, or pass --force to continue with the new file")
             manifest.write(config, info)
-        return session.drive(config, info, console or Console(), resumed=True)
+        return session.drive(config, info, console or Console(soft_wrap=True), resumed=True)
 
 
 def _scan(config: RunConfig) -> DatasetInfo:
@@ -227,7 +227,8 @@ def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events
             return EXIT_INTERRUPTED
         if outcome.code == EXIT_SERVER:
             events.emit("run_aborted", reason=outcome.message.splitlines()[0])
-            Console(stderr=True).print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
+            errors = Console(stderr=True, soft_wrap=True)
+            errors.print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
             return EXIT_SERVER
         write_generation(config, config.run_dir / GENERATION)
         code = EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK

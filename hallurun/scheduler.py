@@ -229,7 +229,7 @@ class Scheduler:
 
     def _record_failure(self, job: Job, reason: str, error: str) -> None:
         self.poison.forget(job.item.id)
-        if self.checkpoint.add_failure(job.item.id, reason, error):
+        if self.checkpoint.add_failure(job.item.id, reason, error, job.attempts):
             self.stats.failed += 1
         self._maybe_flush()
 

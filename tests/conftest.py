@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -107,8 +108,6 @@ def _no_leftover_servers(tmp_path: Path):
     yield
     survivors = [pid for run_dir in tmp_path.glob("**/manifest.json") for pid in server_processes(run_dir.parent)]
     for pid in survivors:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not survivors, f"server processes left behind: {survivors}"

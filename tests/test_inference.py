@@ -1,0 +1,262 @@
+"""End-to-end runs of `hallurun inference` against the fault-injecting mock server, all real processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import Hallurun, events, read_jsonl, server_processes, wait_until, write_dataset
+
+
+def mock_run(hallurun: Hallurun, dataset: Path, run_dir: Path, *opts: str, faults: tuple[str, ...] = (),
+             server_args: tuple[str, ...] = (), **kw) -> subprocess.CompletedProcess:
+    server_args = (*server_args, *(a for f in faults for a in ("--fault", f)))
+    return hallurun.run("inference", "--task", str(dataset), "--model", "mock-model", "--server", "mock",
+                        "--run-dir", str(run_dir), *opts, "--", *server_args, **kw)
+
+
+def assert_exactly_once(run_dir: Path, ids: list[str], failed: set[str] = frozenset()) -> None:
+    results = read_jsonl(run_dir / "results.jsonl")
+    counts = Counter(r["id"] for r in results)
+    duplicated = [i for i, c in counts.items() if c > 1]
+    assert not duplicated, f"duplicated results: {duplicated[:10]}"
+    assert set(counts) == set(ids) - set(failed), f"missing: {sorted(set(ids) - set(failed) - set(counts))[:10]}"
+
+
+def test_clean_run_writes_every_result_once_and_hallulens_generation_file(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 120, extra=lambda i: {"h_score_cat": i % 10})
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    result = read_jsonl(run_dir / "results.jsonl")[0]
+    for key in ("id", "prompt", "answer", "h_score_cat", "generation", "finish_reason", "prompt_tokens",
+                "completion_tokens", "latency_s", "attempts"):
+        assert key in result, key
+    assert result["generation"] and result["attempts"] == 1
+    generation = read_jsonl(run_dir / "generation.jsonl")
+    assert [g["id"] for g in generation] == ids  # dataset order
+    assert set(generation[0]) == {"id", "prompt", "answer", "h_score_cat", "generation"}
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["dataset"]["count"] == 120 and len(manifest["dataset"]["sha256"]) == 64
+    assert manifest["config"]["sampling"]["max_tokens"] == 256  # the default for ad-hoc prompt files
+    names = [e["event"] for e in events(run_dir)]
+    assert names[0] == "run_started" and "server_started" in names and names[-1] == "run_finished"
+    assert "hallurun resume" in proc.stdout
+    assert not server_processes(run_dir)
+
+
+def test_rerunning_gives_identical_generations(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 30)
+    for name in ("a", "b"):
+        assert mock_run(hallurun, tmp_path / "data.jsonl", tmp_path / name).returncode == 0
+    assert (tmp_path / "a" / "generation.jsonl").read_bytes() == (tmp_path / "b" / "generation.jsonl").read_bytes()
+
+
+def test_wedges_cost_exactly_one_restart_each_at_concurrency_64(hallurun: Hallurun, tmp_path: Path) -> None:
+    # Each server process answers 150 generation requests (the readiness probe is one), then wedges:
+    # /health stays 200 while every stream stops. 300 items need three processes, so exactly two wedges.
+    ids = write_dataset(tmp_path / "data.jsonl", 300)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "64", "--stall-timeout", "1.5",
+                    faults=("hang-after:150",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    hangs, restarts = events(run_dir, "hang_detected"), events(run_dir, "server_restarted")
+    assert len(hangs) == 2 and len(restarts) == 2
+    # One verdict for the whole wedged server: 64 requests were waiting on it at the first wedge.
+    assert hangs[0]["in_flight"] == 64
+    assert {r["cause"] for r in restarts} == {"wedge"}
+    # In-flight items went back without losing an attempt.
+    assert all(r["attempts"] == 1 for r in read_jsonl(run_dir / "results.jsonl"))
+
+
+def test_crashed_server_is_relaunched_at_once(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 200)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "16", "--stall-timeout", "60",
+                    faults=("crash-after:90",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    exits, restarts = events(run_dir, "server_exited"), events(run_dir, "server_restarted")
+    assert len(exits) >= 2 and len(restarts) == len(exits)
+    assert {r["cause"] for r in restarts} == {"server_exited"}
+    assert not events(run_dir, "hang_detected")
+    # Relaunch is immediate, not after a stall timeout of 60 s or a backoff.
+    for gone, back in zip(exits, restarts, strict=True):
+        assert back["t"] - gone["t"] < 10
+
+
+def test_poison_item_is_quarantined_and_everything_else_finishes(hallurun: Hallurun, tmp_path: Path) -> None:
+    poison = "item-00013"
+    ids = write_dataset(tmp_path / "data.jsonl", 80,
+                        prompt=lambda i: "Tell me about XYZZY-POISON" if i == 13 else f"What is {i} squared?")
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "16", "--stall-timeout", "1",
+                    faults=("poison:XYZZY-POISON",))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids, failed={poison})
+    failures = read_jsonl(run_dir / "failures.jsonl")
+    assert [(f["id"], f["reason"]) for f in failures] == [(poison, "poison")]
+    assert [e["id"] for e in events(run_dir, "item_quarantined")] == [poison]
+    assert len(events(run_dir, "server_restarted")) <= 3
+    assert poison in proc.stdout
+
+
+def test_400_fails_fast_and_429_500_are_retried(hallurun: Hallurun, tmp_path: Path) -> None:
+    long_prompt = " ".join(["word"] * 400)
+    too_long = {f"item-{i:05d}" for i in (3, 17, 31)}
+    ids = write_dataset(tmp_path / "data.jsonl", 60,
+                        prompt=lambda i: long_prompt if f"item-{i:05d}" in too_long else f"Short question {i}?")
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "16", "--max-attempts", "8",
+                    faults=("error-rate:0.15", "rate-limit:0.03", "stream-error-rate:0.05"),
+                    server_args=("--max-model-len", "300"))
+    # The mock's context limit makes the long prompts a permanent 400, like vLLM's max_model_len.
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids, failed=too_long)
+    failures = {f["id"]: f for f in read_jsonl(run_dir / "failures.jsonl")}
+    assert set(failures) == too_long
+    assert all(f["reason"] == "http_400" and f["attempts"] == 1 for f in failures.values())
+    attempts = [r["attempts"] for r in read_jsonl(run_dir / "results.jsonl")]
+    assert max(attempts) > 1, "with these error rates some items must have needed a retry"
+    assert not events(run_dir, "server_restarted")
+
+
+def test_bad_dataset_line_is_reported_with_file_and_line(hallurun: Hallurun, tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"id": "a", "prompt": "fine"}\n\n{"id": "b", "prompt": 7}\n')
+    proc = mock_run(hallurun, data, tmp_path / "run")
+    assert proc.returncode == 2
+    assert f"{data}:3" in proc.stderr and "'prompt'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    data.write_text('{"id": "a", "prompt": "fine"}\n{"id": "a", "prompt": "again"}\n')
+    proc = mock_run(hallurun, data, tmp_path / "run2")
+    assert proc.returncode == 2 and f"{data}:2" in proc.stderr and "'id'" in proc.stderr
+    data.write_text('{"prompt": "fine"}\n{not json\n')
+    proc = mock_run(hallurun, data, tmp_path / "run3")
+    assert proc.returncode == 2 and f"{data}:2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_torn_last_line_is_repaired_on_resume(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 50)
+    run_dir = tmp_path / "run"
+    assert mock_run(hallurun, tmp_path / "data.jsonl", run_dir).returncode == 0
+    results = run_dir / "results.jsonl"
+    raw = results.read_bytes()
+    torn_id = orjson.loads(raw.splitlines()[-1])["id"]
+    results.write_bytes(raw[:-25])  # a crash in the middle of the last write
+    proc = hallurun.run("resume", str(run_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "repaired" in proc.stdout
+    assert_exactly_once(run_dir, ids)
+    assert orjson.loads(results.read_bytes().splitlines()[-1])["id"] == torn_id
+    assert events(run_dir, "run_resumed")[0]["repaired_bytes"] > 0
+
+
+def test_second_runner_is_refused_by_the_lock(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 400)
+    run_dir = tmp_path / "run"
+    first = hallurun.start("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                           "--run-dir", str(run_dir), "--concurrency", "2", "--", "--latency", "0.05")
+    try:
+        wait_until(lambda: events(run_dir, "server_started"), 30, "the first run to start")
+        second = hallurun.run("resume", str(run_dir))
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+        status = orjson.loads(hallurun.run("status", str(run_dir), "--json").stdout)
+        assert status["running_pid"] == first.pid and status["total"] == 400
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(30) == 130
+
+
+def test_interrupt_stops_cleanly_and_resume_finishes(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 300)
+    run_dir = tmp_path / "run"
+    log = tmp_path / "first.log"
+    first = hallurun.start("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                           "--run-dir", str(run_dir), "--concurrency", "4", "--", "--latency", "0.05", log=log)
+    wait_until(lambda: len(read_jsonl(run_dir / "results.jsonl")) >= 20, 60, "some results")
+    first.send_signal(signal.SIGINT)
+    assert first.wait(30) == 130
+    assert f"hallurun resume {run_dir}" in log.read_text()
+    assert not server_processes(run_dir)
+    assert events(run_dir, "interrupted")
+    proc = hallurun.run("resume", str(run_dir), "--concurrency", "32")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    status = orjson.loads(hallurun.run("status", str(run_dir), "--json").stdout)
+    assert status["done"] == 300 and status["failed"] == 0 and status["finished"]
+
+
+def test_kill_9_at_random_moments_then_resume_is_exactly_once(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 400)
+    run_dir = tmp_path / "run"
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    args = ("--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock", "--run-dir", str(run_dir),
+            "--concurrency", "8", "--", "--latency", "0.03")
+    for round_ in range(4):
+        # A kill before the manifest is written leaves nothing to resume: the same command starts again.
+        started = (run_dir / "manifest.json").exists()
+        proc = hallurun.start(*(("resume", str(run_dir)) if started else ("inference", *args)))
+        delay = rng.uniform(0.2, 2.5)
+        try:
+            proc.wait(delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # The guardian reaps the orphaned server group.
+        wait_until(lambda: not server_processes(run_dir), 20, f"no server left (seed {seed}, round {round_})")
+    final = hallurun.run("inference", *args)  # the original command continues the same run
+    assert final.returncode == 0, f"seed {seed}: " + final.stdout + final.stderr
+    assert_exactly_once(run_dir, ids)
+
+
+def test_no_server_survives_kill_9_of_hallurun(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 1000)
+    run_dir = tmp_path / "run"
+    proc = hallurun.start("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                          "--run-dir", str(run_dir), "--concurrency", "4", "--", "--latency", "0.05")
+    wait_until(lambda: read_jsonl(run_dir / "results.jsonl"), 30, "results")
+    assert server_processes(run_dir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: not server_processes(run_dir), 20, "the server to be reaped")
+
+
+def test_resume_refuses_a_changed_dataset_unless_forced(hallurun: Hallurun, tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    write_dataset(data, 20)
+    run_dir = tmp_path / "run"
+    assert mock_run(hallurun, data, run_dir, "--limit", "10").returncode == 0
+    write_dataset(data, 20, prefix="other")
+    proc = hallurun.run("resume", str(run_dir))
+    assert proc.returncode == 2 and "dataset changed" in proc.stderr
+    proc = hallurun.run("resume", str(run_dir), "--force")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_server_that_cannot_start_fails_fast_with_its_log(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 5)
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", tmp_path / "run", faults=("fail-start",), timeout=60)
+    assert proc.returncode == 3
+    assert "fail-start" in proc.stderr and "hallurun resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_restart_budget_exhausted_exits_3(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 200)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--max-restarts", "1", "--stall-timeout", "1",
+                    faults=("hang-after:5",))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "--max-restarts" in proc.stderr and f"hallurun resume {run_dir}" in proc.stderr
+    assert len(events(run_dir, "server_restarted")) == 1
