@@ -181,7 +181,7 @@ def list_tasks() -> None:
               help="Reject prompts longer than this many tokens with HTTP 400, like vLLM.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="Inject a fault (repeatable): hang-after:N, crash-after:N, error-rate:P, rate-limit:P, "
-                   "stream-error-rate:P, poison:TEXT, startup-delay:S, fail-start.")
+                   "stream-error-rate:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random faults.")
 def mock_server_command(host: str, port: int, model_name: str | None, latency: float, token_rate: float,
                         max_model_len: int | None, faults: tuple[str, ...], seed: int) -> None:

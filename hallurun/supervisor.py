@@ -234,12 +234,16 @@ class Supervisor:
             raise self._start_error(f"the server exited with code {self._proc.returncode} while starting")
 
     def _start_error(self, what: str) -> ServerStartError:
-        tail = log_tail(self.log_path) if self.managed else ""
+        if not self.managed:
+            return ServerStartError(f"{what}; hallurun cannot relaunch a server it did not start: "
+                                    f"a supervisor must bring {self.base_url} back")
+        tail = log_tail(self.log_path)
         where = f"\n--- last lines of {self.log_path} ---\n{tail}" if tail else ""
         return ServerStartError(f"{what}{where}")
 
     async def _request_external_restart(self) -> None:
-        self.events.emit("restart_requested", url=self.base_url)
+        self.events.emit("restart_requested", url=self.base_url,
+                         note="external server: a supervisor must bring it back")
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with self.session.post(self.base_url + "/restart", timeout=aiohttp.ClientTimeout(total=5)):
                 pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -260,3 +261,116 @@ def test_restart_budget_exhausted_exits_3(hallurun: Hallurun, tmp_path: Path) ->
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "--max-restarts" in proc.stderr and f"hallurun resume {run_dir}" in proc.stderr
     assert len(events(run_dir, "server_restarted")) == 1
+
+
+def test_a_single_quiet_stream_is_retried_alone_without_a_restart(hallurun: Hallurun, tmp_path: Path) -> None:
+    stalled = "item-00002"
+    ids = write_dataset(tmp_path / "data.jsonl", 150,
+                        prompt=lambda i: "STALL-ME please" if i == 2 else f"What is {i} cubed?")
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "8", "--stall-timeout", "1.5",
+                    faults=("stream-stall:STALL-ME",), server_args=("--token-rate", "40"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    attempts = {r["id"]: r["attempts"] for r in read_jsonl(run_dir / "results.jsonl")}
+    assert attempts[stalled] == 2
+    assert all(a == 1 for i, a in attempts.items() if i != stalled)
+    assert not events(run_dir, "hang_detected") and not events(run_dir, "server_restarted")
+
+
+def test_without_restarts_a_wedge_costs_attempts_like_a_timeout(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 30)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "4", "--stall-timeout", "1",
+                    "--max-attempts", "2", faults=("hang-after:11",), env={"ENABLE_SERVER_RESTART": "false"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    done = {r["id"] for r in read_jsonl(run_dir / "results.jsonl")}
+    failures = read_jsonl(run_dir / "failures.jsonl")
+    assert len(done) == 10 and {f["reason"] for f in failures} == {"stalled"}
+    assert done | {f["id"] for f in failures} == set(ids)
+    assert not events(run_dir, "server_restarted")
+
+
+def test_options_come_from_the_environment(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 5)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir,
+                    env={"HALLURUN_CONCURRENCY": "3", "HALLURUN_MAX_TOKENS": "12", "SERVER_RESTART_WAIT_TIME": "7"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config = orjson.loads((run_dir / "manifest.json").read_bytes())["config"]
+    assert config["concurrency"] == 3 and config["sampling"]["max_tokens"] == 12 and config["restart_wait"] == 7
+
+
+def _start_external(hallurun: Hallurun, port: int, faults: str, supervised: bool) -> subprocess.Popen:
+    server = " ".join([*hallurun.cmd("mock-server", "--port", str(port)), *faults.split()])
+    script = f"while true; do {server}; done" if supervised else f"exec {server}"
+    return subprocess.Popen(["bash", "-c", script], env=hallurun.env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_external_server_is_asked_to_restart_and_its_supervisor_brings_it_back(hallurun: Hallurun,
+                                                                              tmp_path: Path) -> None:
+    from hallurun.supervisor import free_port
+
+    ids = write_dataset(tmp_path / "data.jsonl", 120)
+    port = free_port("127.0.0.1")
+    outside = _start_external(hallurun, port, "--fault hang-after:50", supervised=True)
+    run_dir = tmp_path / "run"
+    try:
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m",
+                            "--server-url", f"http://127.0.0.1:{port}", "--run-dir", str(run_dir),
+                            "--stall-timeout", "1", "--restart-wait", "30")
+    finally:
+        os.killpg(outside.pid, signal.SIGKILL)
+        outside.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert len(events(run_dir, "restart_requested")) == len(events(run_dir, "server_restarted")) >= 2
+
+
+def test_external_server_nobody_brings_back_ends_with_a_clear_message(hallurun: Hallurun, tmp_path: Path) -> None:
+    from hallurun.supervisor import free_port
+
+    write_dataset(tmp_path / "data.jsonl", 60)
+    port = free_port("127.0.0.1")
+    outside = _start_external(hallurun, port, "--fault hang-after:20", supervised=False)
+    run_dir = tmp_path / "run"
+    try:
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m",
+                            "--server-url", f"http://127.0.0.1:{port}", "--run-dir", str(run_dir),
+                            "--stall-timeout", "1", "--restart-wait", "2")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(outside.pid, signal.SIGKILL)
+        outside.wait()
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "a supervisor must bring" in proc.stderr and f"hallurun resume {run_dir}" in proc.stderr
+    assert events(run_dir, "restart_requested")
+
+
+def test_second_interrupt_exits_at_once_without_orphans(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 2000)
+    run_dir = tmp_path / "run"
+    proc = hallurun.start("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                          "--run-dir", str(run_dir), "--concurrency", "4", "--", "--latency", "0.05")
+    wait_until(lambda: read_jsonl(run_dir / "results.jsonl"), 30, "results")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 130
+    wait_until(lambda: not server_processes(run_dir), 20, "the server to be gone")
+    ids = [r["id"] for r in read_jsonl(run_dir / "results.jsonl")]
+    assert len(ids) == len(set(ids))
+
+
+def test_default_run_dir_and_resume_and_status_without_arguments(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 40)
+    proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "org/My Model",
+                        "--server", "mock", "--limit", "25")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("data-My_Model-")
+    assert_exactly_once(run_dir, ids[:25])
+    status = orjson.loads(hallurun.run("status", "--json").stdout)
+    assert (status["total"], status["done"], status["failed"], status["restarts"]) == (25, 25, 0, 0)
+    proc = hallurun.run("resume")
+    assert proc.returncode == 0 and "25/25 already settled" in proc.stdout

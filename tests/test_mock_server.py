@@ -1,0 +1,387 @@
+"""The mock vLLM server, end to end: a real subprocess on a real port, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from hallurun.cli import main
+from hallurun.mock_server import Fault, parse_fault
+
+STARTUP_DEADLINE = 15.0
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+HELLO = {"model": "test-model", "messages": [{"role": "user", "content": "Who was Ada Lovelace?"}], "seed": 7}
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    stdout: Path
+    stderr: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "hallurun", "mock-server", "--port", str(port), *args]
+
+
+def _health(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            return resp.status
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _start(directory: Path, *args: str) -> Server:
+    port = _free_port()
+    stdout, stderr = directory / f"mock-{port}.out", directory / f"mock-{port}.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(_command(port, *args), stdout=out, stderr=err)
+    server = Server(proc, port, stdout, stderr)
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while _health(server.url) != 200:
+        if proc.poll() is not None:
+            raise AssertionError(f"mock server exited with {proc.returncode}: {stderr.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"mock server not healthy after {STARTUP_DEADLINE}s: {stderr.read_text()}")
+        time.sleep(0.05)  # polling /health is the only readiness signal a server gives
+    return server
+
+
+def _stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.kill()
+    server.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A well-behaved server shared by the tests that inject no faults."""
+    started = _start(tmp_path_factory.mktemp("mock"), "--model", "test-model", "--max-model-len", "64")
+    yield started
+    _stop(started)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start a server with the given CLI arguments; every one started is killed at the end of the test."""
+    started: list[Server] = []
+
+    def start(*args: str) -> Server:
+        started.append(_start(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for each in started:
+        _stop(each)
+
+
+async def _post(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any, bytes]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+            session.post(url, data=data) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+def post(url: str, body: Any) -> tuple[int, Any, bytes]:
+    return asyncio.run(_post(url, body))
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read()
+
+
+async def raw_post(port: int, path: str, body: Any, wait: float) -> bytes | None:
+    """The first bytes a POST gets back within `wait` s: None if not one byte (not even headers), b"" on hang-up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    payload = orjson.dumps(body)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    writer.write(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), wait)
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+
+
+def events(body: bytes) -> list[Any]:
+    """The SSE data payloads, decoded; `[DONE]` stays a string."""
+    payloads = [block.removeprefix(b"data: ") for block in body.split(b"\n\n") if block]
+    return ["[DONE]" if p == b"[DONE]" else orjson.loads(p) for p in payloads]
+
+
+def error_type(body: bytes) -> str:
+    return orjson.loads(body)["error"]["type"]
+
+
+# --- behaving like vLLM ---------------------------------------------------------------------------------------
+
+
+def test_streaming_chat_has_role_tokens_usage_done_and_is_deterministic(server: Server) -> None:
+    request = {**HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    texts = []
+    for _ in range(2):
+        status, headers, body = post(server.url + CHAT, request)
+        assert status == 200
+        assert headers["Content-Type"].startswith("text/event-stream")
+        chunks = events(body)
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert chunks[-1] == "[DONE]"
+        usage_chunk, content = chunks[-2], chunks[1:-2]
+        assert usage_chunk["choices"] == []
+        assert usage_chunk["usage"]["completion_tokens"] == len(content)
+        assert usage_chunk["usage"]["total_tokens"] == usage_chunk["usage"]["prompt_tokens"] + len(content)
+        assert all(c["object"] == "chat.completion.chunk" and c["model"] == "test-model" for c in chunks[:-1])
+        assert [c["choices"][0]["finish_reason"] for c in content][:-1] == [None] * (len(content) - 1)
+        assert content[-1]["choices"][0]["finish_reason"] in {"stop", "length"}
+        assert 4 <= len(content) <= 16
+        texts.append("".join(c["choices"][0]["delta"]["content"] for c in content))
+    assert texts[0] == texts[1]
+    assert not texts[0].startswith(" ")
+
+
+def test_non_streaming_chat_matches_the_stream_and_honours_max_tokens(server: Server) -> None:
+    status, _, body = post(server.url + CHAT, HELLO)
+    assert status == 200
+    reply = orjson.loads(body)
+    assert reply["id"].startswith("chatcmpl-")
+    assert (reply["object"], reply["model"]) == ("chat.completion", "test-model")
+    assert isinstance(reply["created"], int)
+    message = reply["choices"][0]["message"]
+    assert message["role"] == "assistant"
+    usage = reply["usage"]
+    assert usage["prompt_tokens"] == 4 + 5  # four words plus the chat template
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+    _, _, streamed = post(server.url + CHAT, {**HELLO, "stream": True})
+    assert "".join(c["choices"][0]["delta"]["content"] for c in events(streamed)[1:-1]) == message["content"]
+
+    _, _, capped = post(server.url + CHAT, {**HELLO, "max_tokens": 2})
+    capped_reply = orjson.loads(capped)
+    assert capped_reply["choices"][0]["finish_reason"] == "length"
+    assert capped_reply["usage"]["completion_tokens"] == 2
+
+
+def test_completions_endpoint_plain_and_streamed(server: Server) -> None:
+    request = {"model": "test-model", "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0}
+    status, _, body = post(server.url + COMPLETIONS, request)
+    assert status == 200
+    reply = orjson.loads(body)
+    assert reply["id"].startswith("cmpl-") and reply["object"] == "text_completion"
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop"  # at most 24 tokens, under max_tokens 30
+    assert reply["usage"]["prompt_tokens"] == 5
+
+    _, _, streamed = post(server.url + COMPLETIONS, {**request, "stream": True})
+    chunks = events(streamed)
+    assert chunks[-1] == "[DONE]"
+    assert all(c["object"] == "text_completion" and c["choices"][0]["logprobs"] is None for c in chunks[:-1])
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == choice["text"]
+
+
+def test_rejections_use_vllm_error_shape(server: Server) -> None:
+    status, _, body = post(server.url + CHAT, {**HELLO, "max_tokens": 60})
+    assert status == 400
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "BadRequestError" and error["code"] == 400
+    assert "maximum context length is 64 tokens" in error["message"]
+
+    status, _, body = post(server.url + CHAT, {**HELLO, "model": "other"})
+    assert (status, error_type(body)) == (404, "NotFoundError")
+    status, _, body = post(server.url + CHAT, b"{not json")
+    assert (status, error_type(body)) == (400, "BadRequestError")
+    status, _, body = post(server.url + CHAT, {"model": "test-model"})
+    assert (status, error_type(body)) == (400, "BadRequestError")
+    status, _, body = post(server.url + COMPLETIONS, {"model": "test-model", "prompt": 3})
+    assert (status, error_type(body)) == (400, "BadRequestError")
+
+
+def test_models_and_metrics(server: Server) -> None:
+    status, body = get(server.url + "/v1/models")
+    assert status == 200
+    models = orjson.loads(body)
+    assert models["object"] == "list"
+    assert models["data"][0]["id"] == "test-model" and models["data"][0]["owned_by"] == "hallurun-mock"
+
+    post(server.url + CHAT, HELLO)
+    status, body = get(server.url + "/metrics")
+    text = body.decode()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:generation_tokens_total",
+                 "vllm:prompt_tokens_total", "vllm:kv_cache_usage_perc"):
+        assert f"# HELP {name} " in text and f"# TYPE {name} " in text
+        assert f'{name}{{model_name="test-model"}} ' in text
+    generated = next(line for line in text.splitlines() if line.startswith("vllm:generation_tokens_total"))
+    assert float(generated.split()[-1]) > 0
+
+
+def test_latency_delays_the_response(launch: Callable[..., Server]) -> None:
+    server = launch("--latency", "0.3")
+    started = time.monotonic()
+    assert post(server.url + CHAT, HELLO)[0] == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_listening_line_names_the_faults(launch: Callable[..., Server]) -> None:
+    server = launch("--fault", "error-rate:0", "--fault", "poison:zzz")
+    line = server.stdout.read_text()
+    assert f"listening on http://127.0.0.1:{server.port}" in line
+    assert "error-rate:0.0" in line and "poison:zzz" in line
+
+
+# --- faults ---------------------------------------------------------------------------------------------------
+
+
+def test_hang_after_wedges_generation_but_not_health(launch: Callable[..., Server]) -> None:
+    server = launch("--fault", "hang-after:2")
+    for _ in range(2):
+        assert post(server.url + CHAT, {**HELLO, "stream": True})[0] == 200
+
+    assert asyncio.run(raw_post(server.port, CHAT, {**HELLO, "stream": True}, wait=1.0)) is None
+    assert asyncio.run(raw_post(server.port, COMPLETIONS, {"prompt": "hi"}, wait=0.5)) is None
+    assert _health(server.url) == 200
+    assert get(server.url + "/v1/models")[0] == 200
+    assert 'vllm:num_requests_running{model_name="mock"} 2.0' in get(server.url + "/metrics")[1].decode()
+
+
+def test_poison_wedges_everything_including_a_running_stream(launch: Callable[..., Server]) -> None:
+    server = launch("--token-rate", "5", "--fault", "poison:XYZ")
+
+    async def scenario() -> tuple[bytes, bytes, bytes | None, bytes | None]:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.post(server.url + CHAT, data=orjson.dumps({**HELLO, "stream": True})) as resp:
+            first = await resp.content.readuntil(b"\n\n")  # the role chunk: the stream is running
+            poisoned = {"messages": [{"role": "user", "content": "tell me about XYZ"}]}
+            poison = await raw_post(server.port, CHAT, poisoned, wait=0.5)
+            rest = b""
+            try:
+                async with asyncio.timeout(1.0):
+                    while chunk := await resp.content.read(4096):
+                        rest += chunk
+            except TimeoutError:
+                pass
+            bystander = await raw_post(server.port, COMPLETIONS, {"prompt": "innocent"}, wait=0.5)
+        return first, rest, poison, bystander
+
+    first, rest, poison, bystander = asyncio.run(scenario())
+    assert first.startswith(b"data: ")
+    # At 5 tokens/s the stream had 1.5 s for its 4+ tokens; once wedged it may not add one (one may have been
+    # on its way before the poison arrived).
+    assert rest.count(b"data: ") <= 1
+    assert b"[DONE]" not in rest
+    assert (poison, bystander) == (None, None)
+    assert _health(server.url) == 200
+
+
+def test_crash_after_exits_with_1(launch: Callable[..., Server]) -> None:
+    server = launch("--fault", "crash-after:1")
+    assert post(server.url + CHAT, HELLO)[0] == 200
+    assert asyncio.run(raw_post(server.port, CHAT, HELLO, wait=10)) == b""  # hung up without a word
+    assert server.proc.wait(timeout=10) == 1
+    assert "crash-after" in server.stderr.read_text()
+
+
+def test_error_rate_1_answers_500(launch: Callable[..., Server]) -> None:
+    server = launch("--fault", "error-rate:1")
+    status, _, body = post(server.url + CHAT, {**HELLO, "stream": True})
+    assert (status, error_type(body)) == (500, "InternalServerError")
+
+
+def test_rate_limit_1_answers_429_with_retry_after(launch: Callable[..., Server]) -> None:
+    server = launch("--fault", "rate-limit:1")
+    status, headers, body = post(server.url + COMPLETIONS, {"prompt": "hi"})
+    assert (status, error_type(body)) == (429, "RateLimitError")
+    assert headers["Retry-After"] == "1"
+
+
+def test_stream_error_rate_breaks_streams_in_band(launch: Callable[..., Server]) -> None:
+    server = launch("--fault", "stream-error-rate:1")
+    status, _, body = post(server.url + CHAT, {**HELLO, "stream": True})
+    assert status == 200
+    chunks = events(body)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["error"]["type"] == "InternalServerError"
+    assert "[DONE]" not in chunks
+    status, _, body = post(server.url + CHAT, HELLO)
+    assert (status, error_type(body)) == (500, "InternalServerError")
+
+
+def test_startup_delay_holds_off_listening(launch: Callable[..., Server]) -> None:
+    started = time.monotonic()
+    launch("--fault", "startup-delay:1")
+    assert time.monotonic() - started >= 1.0
+
+
+def test_fail_start_exits_1_with_a_message(tmp_path: Path) -> None:
+    done = subprocess.run(_command(_free_port(), "--fault", "fail-start"), capture_output=True, timeout=30)
+    assert done.returncode == 1
+    assert b"fail-start" in done.stderr
+
+
+def test_restart_answers_then_exits_0(launch: Callable[..., Server]) -> None:
+    server = launch()
+    status, _, body = post(server.url + "/restart", {})
+    assert (status, orjson.loads(body)) == (200, {"status": "restarting"})
+    assert server.proc.wait(timeout=10) == 0
+
+
+# --- fault specs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "fault"), [
+    ("hang-after:0", Fault("hang-after", 0)),
+    ("crash-after:12", Fault("crash-after", 12)),
+    ("error-rate:0.25", Fault("error-rate", 0.25)),
+    ("rate-limit:1", Fault("rate-limit", 1.0)),
+    ("stream-error-rate:0", Fault("stream-error-rate", 0.0)),
+    ("poison:a:b c", Fault("poison", "a:b c")),
+    ("startup-delay:2.5", Fault("startup-delay", 2.5)),
+    ("fail-start", Fault("fail-start", None)),
+])
+def test_parse_fault_accepts(spec: str, fault: Fault) -> None:
+    assert parse_fault(spec) == fault
+
+
+@pytest.mark.parametrize("spec", ["", "explode", "hang-after", "hang-after:-1", "hang-after:1.5", "crash-after:x",
+                                  "error-rate:1.5", "rate-limit:-0.1", "stream-error-rate:nan", "poison:",
+                                  "startup-delay:-1", "startup-delay:inf", "fail-start:1"])
+def test_parse_fault_rejects(spec: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_fault(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_reports_a_bad_fault() -> None:
+    result = CliRunner().invoke(main, ["mock-server", "--fault", "hang-after:soon"])
+    assert result.exit_code == 2
+    assert "hang-after" in result.output
