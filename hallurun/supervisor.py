@@ -25,6 +25,7 @@ from hallurun.guardian import Guardian
 
 SERVER_LOG = "server.log"
 STOP_GRACE_SECONDS = 10.0
+PROBE_ATTEMPTS = 5  # a healthy server whose generations keep failing is broken, not slow
 _PR_SET_PDEATHSIG = 1
 
 
@@ -208,22 +209,25 @@ class Supervisor:
         probe = request_body(self.config.model, "Say OK.", Sampling(api=self.config.sampling.api, max_tokens=1),
                              stream=False)
         url = self.base_url + endpoint(self.config.sampling.api)
-        while True:
+        problem = "no answer"
+        for _ in range(PROBE_ATTEMPTS):
             self._check_alive()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise self._start_error("the server is healthy but did not answer a generation request in time")
+                break
             try:
                 async with self.session.post(url, json=probe, headers=self._auth(),
                                              timeout=aiohttp.ClientTimeout(total=left)) as resp:
                     body = await resp.text()
                     if resp.status == 200:
                         return
+                    problem = f"HTTP {resp.status} {body[:300]}"
                     if 400 <= resp.status < 500 and resp.status not in (408, 429):
-                        raise self._start_error(f"the server rejected a probe request: HTTP {resp.status} {body[:300]}")
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.25)
+                        raise self._start_error(f"the server rejected a probe request: {problem}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(0.5)
+        raise self._start_error(f"the server is healthy but a generation request failed ({problem})")
 
     def _auth(self) -> dict[str, str]:
         key = self.env.get("VLLM_API_KEY")

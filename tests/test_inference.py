@@ -253,6 +253,13 @@ def test_server_that_cannot_start_fails_fast_with_its_log(hallurun: Hallurun, tm
     assert "Traceback" not in proc.stderr
 
 
+def test_healthy_server_whose_generations_fail_does_not_start(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 5)
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", tmp_path / "run", faults=("error-rate:1",), timeout=60)
+    assert proc.returncode == 3
+    assert "HTTP 500" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_restart_budget_exhausted_exits_3(hallurun: Hallurun, tmp_path: Path) -> None:
     write_dataset(tmp_path / "data.jsonl", 200)
     run_dir = tmp_path / "run"
@@ -374,3 +381,20 @@ def test_default_run_dir_and_resume_and_status_without_arguments(hallurun: Hallu
     assert (status["total"], status["done"], status["failed"], status["restarts"]) == (25, 25, 0, 0)
     proc = hallurun.run("resume")
     assert proc.returncode == 0 and "25/25 already settled" in proc.stdout
+
+
+def test_resume_retry_failed_runs_failures_again(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 20)
+    run_dir = tmp_path / "run"
+    # A context too short for any item: every one fails with a permanent 400.
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, server_args=("--max-model-len", "20"))
+    assert proc.returncode == 1
+    assert {f["reason"] for f in read_jsonl(run_dir / "failures.jsonl")} == {"http_400"}
+    # Without --retry-failed, failures stay settled.
+    assert "20/20 already settled" in hallurun.run("resume", str(run_dir)).stdout
+    # The server's arguments after `--` may change on resume (here: no context limit).
+    proc = hallurun.run("resume", str(run_dir), "--retry-failed", "--", "--latency", "0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert read_jsonl(run_dir / "failures.jsonl") == []
+    assert len(read_jsonl(run_dir / "failures.retried.jsonl")) == 20
