@@ -28,7 +28,8 @@ def progress_line(stats: RunStats) -> str:
     """One plain line with every counter, for logs."""
     return (f"progress {stats.settled}/{stats.total} done={stats.done} failed={stats.failed} "
             f"in_flight={stats.in_flight} rate={stats.rate():.1f}/s eta={_duration(stats.eta())} "
-            f"retries={stats.retries} restarts={stats.restarts} server={stats.server_state}")
+            f"retries={stats.retries} restarts={stats.restarts} server={stats.server_state}"
+            + (f" engine: {stats.metrics.describe()}" if stats.metrics.sampled_at is not None else ""))
 
 
 def _render(stats: RunStats) -> Group:
@@ -40,7 +41,8 @@ def _render(stats: RunStats) -> Group:
     counters.add_row(f"in flight {stats.in_flight}", f"[green]done {stats.done}", f"[red]failed {stats.failed}",
                      f"retries {stats.retries}", f"[yellow]restarts {stats.restarts}",
                      f"quarantined {stats.quarantined}", f"server {stats.server_state}")
-    return Group(top, counters)
+    engine = stats.metrics.describe()
+    return Group(top, counters, Text(f"engine: {engine}", style="dim")) if engine else Group(top, counters)
 
 
 async def show(stats: RunStats, console: Console) -> None:

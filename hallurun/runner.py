@@ -29,6 +29,7 @@ from hallurun.events import EventLog
 from hallurun.lock import LockError, RunLock
 from hallurun.progress import progress_line, show, summary_table
 from hallurun.scheduler import RestartBudgetExhausted, Scheduler
+from hallurun.server_metrics import poll
 from hallurun.stats import RunStats
 from hallurun.supervisor import ServerStartError, Supervisor
 from hallurun.watchdog import Activity
@@ -195,10 +196,13 @@ async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, st
                             api_key=os.environ.get(API_KEY_ENV))
             items = iter_items(config.dataset, config.limit)
             scheduler = Scheduler(config, items, checkpoint, events, supervisor, client, activity, stats)
+            metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics), name="metrics")
             try:
                 await supervisor.start()
                 await scheduler.run()
             finally:
+                metrics.cancel()
+                await asyncio.gather(metrics, return_exceptions=True)
                 await supervisor.stop()
                 supervisor.close()
     except asyncio.CancelledError:

@@ -275,7 +275,9 @@ class Scheduler:
         if cause == "wedge":
             self.stats.wedges += 1
             solo = next((r.job.item.id for r in running if r.flight.solo), None)
-            self.events.emit("hang_detected", in_flight=len(ids), items=ids[:64], **detail)
+            flat = self.stats.metrics.tokens_flat_for(asyncio.get_running_loop().time())
+            self.events.emit("hang_detected", in_flight=len(ids), items=ids[:64],
+                             tokens_flat_s=None if flat is None else round(flat, 1), **detail)
             quarantine = self.poison.on_wedge(ids, solo)
         else:
             self.stats.crashes += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from hallurun.server_metrics import ServerMetrics
+
 
 @dataclass
 class RunStats:
@@ -22,6 +24,7 @@ class RunStats:
     quarantined: int = 0
     server_state: str = "starting"
     started: float = field(default_factory=time.monotonic)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @property
     def settled(self) -> int:

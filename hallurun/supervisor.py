@@ -12,12 +12,12 @@ import ctypes
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 
+from hallurun import engine
 from hallurun.client import endpoint, request_body
 from hallurun.config import RunConfig, Sampling
 from hallurun.events import EventLog
@@ -38,19 +38,6 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def server_command(config: RunConfig, port: int) -> list[str]:
-    """The command that launches the server. Secrets travel in the environment, never here."""
-    spec = config.server
-    python = spec.python or sys.executable
-    if spec.kind == "vllm":
-        head = [python, "-m", "vllm.entrypoints.openai.api_server"]
-    elif spec.kind == "mock":
-        head = [python, "-m", "hallurun", "mock-server"]
-    else:
-        raise ValueError("an external server is not launched by hallurun")
-    return [*head, "--model", config.model, "--host", spec.host, "--port", str(port), *spec.args]
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -181,13 +168,16 @@ class Supervisor:
     async def _launch(self) -> None:
         if self._guardian is None:
             self._guardian = Guardian()
-        cmd = server_command(self.config, self.port)
+        spec = engine.launch(self.config, self.port, environ=self.env)
         with self.log_path.open("ab") as log:
-            log.write(f"\n=== hallurun: starting {' '.join(cmd)}\n".encode())
+            extra = "".join(f"{k}={v} " for k, v in spec.env.items())
+            log.write(f"\n=== hallurun: starting {extra}{' '.join(spec.cmd)}\n".encode())
+            for note in spec.notes:
+                log.write(f"=== hallurun: {note}\n".encode())
             log.flush()
             self._proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=_die_with_parent, env=self.env,
+                *spec.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, preexec_fn=_die_with_parent, env={**self.env, **spec.env},
             )
         self._guardian.watch(self._proc.pid)
 

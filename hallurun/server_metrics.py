@@ -1,0 +1,99 @@
+"""Reading vLLM's Prometheus `/metrics`: queue depth, KV-cache use and generated tokens, for the display and as
+a second witness of a wedge (a flat token counter while requests are in flight)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import aiohttp
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+TOKENS = "vllm:generation_tokens_total"
+KV_CACHE = "vllm:kv_cache_usage_perc"
+WATCHED = (RUNNING, WAITING, TOKENS, KV_CACHE)
+POLL_INTERVAL = 2.0
+
+
+def parse(text: str) -> dict[str, float]:
+    """Sum each watched metric over its label sets (one per model, or per engine with data parallelism)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+        if name_end < 0:
+            continue
+        name = line[:name_end]
+        if name not in WATCHED:
+            continue
+        try:
+            value = float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+@dataclass
+class ServerMetrics:
+    """The latest sample, and how long the token counter has stood still."""
+
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache: float | None = None
+    tokens: float | None = None
+    tokens_per_s: float | None = None
+    tokens_changed_at: float | None = None  # loop time the counter last moved (or was first seen)
+    sampled_at: float | None = None
+
+    def update(self, values: dict[str, float], now: float) -> None:
+        self.running = values.get(RUNNING)
+        self.waiting = values.get(WAITING)
+        self.kv_cache = values.get(KV_CACHE)
+        tokens = values.get(TOKENS)
+        if tokens is not None:
+            if self.tokens is None or tokens != self.tokens:
+                if self.tokens is not None and self.sampled_at is not None and tokens > self.tokens:
+                    self.tokens_per_s = (tokens - self.tokens) / max(now - self.sampled_at, 1e-6)
+                self.tokens_changed_at = now  # a restart resets the counter: that is movement too
+            else:
+                self.tokens_per_s = 0.0
+            self.tokens = tokens
+        self.sampled_at = now
+
+    def tokens_flat_for(self, now: float) -> float | None:
+        """Seconds the generated-token counter has not moved, or None if it was never read."""
+        if self.tokens_changed_at is None:
+            return None
+        return now - self.tokens_changed_at
+
+    def describe(self) -> str:
+        if self.sampled_at is None:
+            return ""
+        parts = []
+        if self.running is not None:
+            parts.append(f"running {self.running:.0f}")
+        if self.waiting is not None:
+            parts.append(f"waiting {self.waiting:.0f}")
+        if self.kv_cache is not None:
+            parts.append(f"kv {self.kv_cache:.0%}")
+        if self.tokens_per_s is not None:
+            parts.append(f"{self.tokens_per_s:.0f} tok/s")
+        return " · ".join(parts)
+
+
+async def poll(session: aiohttp.ClientSession, base_url: str, metrics: ServerMetrics) -> None:
+    """Sample `/metrics` every POLL_INTERVAL seconds until cancelled; a server without it is left alone."""
+    loop = asyncio.get_running_loop()
+    timeout = aiohttp.ClientTimeout(total=POLL_INTERVAL)
+    while True:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            async with session.get(base_url + "/metrics", timeout=timeout) as resp:
+                if resp.status == 404:
+                    return
+                if resp.status == 200:
+                    metrics.update(parse(await resp.text()), loop.time())
+        await asyncio.sleep(POLL_INTERVAL)

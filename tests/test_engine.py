@@ -1,0 +1,74 @@
+"""Server launch commands and vLLM metrics parsing: plain functions, no server needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from hallurun import config as cfg
+from hallurun.engine import launch
+from hallurun.server_metrics import ServerMetrics, parse
+from hallurun.tasks import Task
+
+METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny"} 12.0
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 40.0
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25
+vllm:generation_tokens_total{engine="0",model_name="tiny"} 1000.0
+vllm:generation_tokens_total{engine="1",model_name="tiny"} 500.0
+vllm:prompt_tokens_total{engine="0",model_name="tiny"} 7.0
+"""
+
+
+def _config(tmp_path: Path, model: str = "org/model", args: tuple[str, ...] = ()) -> cfg.RunConfig:
+    task = Task(name="t", description="", dataset=tmp_path / "d.jsonl")
+    return cfg.build(task, model=model, run_dir=tmp_path, server={"kind": "vllm", "args": args, "python": "py"})
+
+
+def test_vllm_on_cpu_gets_defaults_the_user_can_override(tmp_path: Path) -> None:
+    spec = launch(_config(tmp_path), 8001, gpu=False, environ={})
+    assert spec.cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    assert spec.cmd[spec.cmd.index("--host") + 1] == "127.0.0.1" and "--port" in spec.cmd
+    assert spec.cmd[spec.cmd.index("--max-model-len") + 1] == "4096"
+    assert spec.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    mine = launch(_config(tmp_path, args=("--max-model-len", "1024")), 8001, gpu=False,
+                  environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    assert mine.cmd.count("--max-model-len") == 1 and mine.cmd[-2:] == ["--max-model-len", "1024"]
+    assert mine.env == {}
+
+
+def test_vllm_on_gpu_gets_no_cpu_defaults(tmp_path: Path) -> None:
+    spec = launch(_config(tmp_path), 8001, gpu=True, environ={})
+    assert "--max-model-len" not in spec.cmd and spec.env == {}
+
+
+def test_a_local_model_with_a_short_context_keeps_it(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_bytes(orjson.dumps({"max_position_embeddings": 2048}))
+    spec = launch(_config(tmp_path, model=str(model)), 8001, gpu=False, environ={})
+    assert spec.cmd[spec.cmd.index("--max-model-len") + 1] == "2048"
+
+
+def test_secrets_never_reach_the_command_line(tmp_path: Path) -> None:
+    spec = launch(_config(tmp_path), 8001, gpu=False, environ={"HALLURUN_API_KEY": "sk-secret"})
+    assert not any("sk-secret" in part for part in spec.cmd)
+
+
+def test_metrics_are_summed_over_label_sets() -> None:
+    values = parse(METRICS)
+    assert values == {"vllm:num_requests_running": 12.0, "vllm:num_requests_waiting": 40.0,
+                      "vllm:kv_cache_usage_perc": 0.25, "vllm:generation_tokens_total": 1500.0}
+
+
+def test_a_flat_token_counter_is_measured() -> None:
+    metrics = ServerMetrics()
+    metrics.update(parse(METRICS), now=10.0)
+    metrics.update(parse(METRICS.replace("1000.0", "1200.0")), now=12.0)
+    assert metrics.tokens_per_s == 100.0
+    metrics.update(parse(METRICS.replace("1000.0", "1200.0")), now=20.0)
+    assert metrics.tokens_flat_for(25.0) == 13.0
+    assert "running 12" in metrics.describe() and "kv 25%" in metrics.describe()
