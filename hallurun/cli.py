@@ -183,8 +183,10 @@ def list_tasks() -> None:
               help="Inject a fault (repeatable): hang-after:N, crash-after:N, error-rate:P, rate-limit:P, "
                    "stream-error-rate:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random faults.")
+@click.option("--script", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSONL of {"match": TEXT, "response": ANSWER}: a prompt containing TEXT gets ANSWER verbatim.')
 def mock_server_command(host: str, port: int, model_name: str | None, latency: float, token_rate: float,
-                        max_model_len: int | None, faults: tuple[str, ...], seed: int) -> None:
+                        max_model_len: int | None, faults: tuple[str, ...], seed: int, script: str | None) -> None:
     """A fault-injecting server that behaves like vLLM's OpenAI server."""
     from hallurun import mock_server
 
@@ -192,7 +194,11 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         parsed = tuple(mock_server.parse_fault(spec) for spec in faults)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
+    try:
+        scripted = mock_server.load_script(script) if script else ()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--script") from None
     mock_server.serve(mock_server.MockConfig(
         host=host, port=port, model_name=model_name, latency=latency, token_rate=token_rate,
-        max_model_len=max_model_len, faults=parsed, seed=seed,
+        max_model_len=max_model_len, faults=parsed, seed=seed, script=scripted,
     ))

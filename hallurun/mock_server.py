@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import random
+import re
 import sys
 import time
 import uuid
@@ -60,6 +61,7 @@ class MockConfig:
     max_model_len: int | None = None
     faults: tuple[Fault, ...] = ()
     seed: int = 0
+    script: tuple[tuple[str, str], ...] = ()  # (text to find in the prompt, exact answer), first match wins
 
 
 def parse_fault(spec: str) -> Fault:
@@ -119,14 +121,39 @@ class Job:
     stream: bool
     include_usage: bool
     key: bytes  # everything the output depends on
+    scripted: str | None = None  # an answer fixed by --script
 
     def generate(self) -> tuple[list[str], str]:
         """The completion's tokens and finish reason: the same request always gets the same answer."""
+        if self.scripted is not None:
+            # Tokens keep their leading spaces so the streamed pieces join back into the exact answer.
+            return re.findall(r"\s*\S+\s*$|\s*\S+", self.scripted, flags=re.S) or [""], "stop"
         rng = random.Random(hashlib.sha256(self.key).digest())
         wanted = rng.randint(4, 24)
         tokens = [rng.choice(VOCAB) for _ in range(min(wanted, self.max_tokens))]
         tokens[1:] = [" " + token for token in tokens[1:]]
         return tokens, "length" if wanted > self.max_tokens else "stop"
+
+
+def load_script(path: str) -> tuple[tuple[str, str], ...]:
+    """Read a `--script` file: JSONL records `{"match": TEXT, "response": ANSWER}`.
+
+    A request whose prompt contains TEXT gets ANSWER verbatim, so tests can script a judge's verdicts.
+    """
+    pairs = []
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+            if not (isinstance(record, dict) and isinstance(record.get("match"), str)
+                    and isinstance(record.get("response"), str)):
+                raise ValueError(f"{path}:{line_no}: needs string fields 'match' and 'response'")
+            pairs.append((record["match"], record["response"]))
+    return tuple(pairs)
 
 
 def _exit(code: int) -> NoReturn:
@@ -307,9 +334,11 @@ class MockServer:
         options = body.get("stream_options")
         key = orjson.dumps([model, source, max_tokens, body.get("temperature"), body.get("top_p"), body.get("seed")],
                            option=orjson.OPT_SORT_KEYS)
+        scripted = next((answer for match, answer in self.config.script if match in text), None)
         return Job(chat=chat, model=model, text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                    stream=bool(body.get("stream")),
-                   include_usage=isinstance(options, dict) and bool(options.get("include_usage")), key=key)
+                   include_usage=isinstance(options, dict) and bool(options.get("include_usage")), key=key,
+                   scripted=scripted)
 
     def complete(self, job: Job) -> web.Response:
         """The whole answer as one JSON object."""

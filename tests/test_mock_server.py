@@ -385,3 +385,26 @@ def test_cli_reports_a_bad_fault() -> None:
     result = CliRunner().invoke(main, ["mock-server", "--fault", "hang-after:soon"])
     assert result.exit_code == 2
     assert "hang-after" in result.output
+
+
+def test_script_answers_matching_prompts_verbatim(launch: Callable[..., Server], tmp_path: Path) -> None:
+    script = tmp_path / "script.jsonl"
+    verdict = '{"is_abstaining": false}\n  trailing spaces  '
+    script.write_bytes(orjson.dumps({"match": "JUDGE-ME", "response": verdict}) + b"\n")
+    server = launch("--script", str(script))
+    ask = {"messages": [{"role": "user", "content": "please JUDGE-ME now"}], "max_tokens": 2}
+    status, _, body = post(server.url + CHAT, {**ask, "stream": True})
+    assert status == 200
+    chunks = events(body)
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[:-1]) == verdict
+    status, _, body = post(server.url + CHAT, ask)
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == verdict
+    status, _, body = post(server.url + CHAT, {"messages": [{"role": "user", "content": "other"}]})
+    assert orjson.loads(body)["choices"][0]["message"]["content"] != verdict
+
+
+def test_cli_reports_a_bad_script(tmp_path: Path) -> None:
+    script = tmp_path / "script.jsonl"
+    script.write_text('{"match": "a", "response": "b"}\n{"match": 1}\n')
+    done = subprocess.run(_command(_free_port(), "--script", str(script)), capture_output=True, timeout=30)
+    assert done.returncode == 2 and f"{script}:2" in done.stderr.decode()
