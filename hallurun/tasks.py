@@ -23,6 +23,8 @@ class Task:
     description: str
     dataset: Path
     defaults: dict[str, Any] = field(default_factory=dict)
+    evaluator: str | None = None  # which evaluation applies: precisewikiqa, mixedentities, longwiki
+    folder: Path | None = None  # where task.json lives, for tasks that keep more files (prompts, passages)
 
 
 def tasks_root() -> Path:
@@ -45,6 +47,8 @@ def load_task(folder: Path) -> Task:
         description=spec.get("description", ""),
         dataset=folder / spec["data"],
         defaults=dict(spec.get("defaults", {})),
+        evaluator=spec.get("eval"),
+        folder=folder,
     )
 
 
@@ -55,11 +59,13 @@ def builtin_tasks() -> list[Task]:
 
 
 def resolve(name_or_path: str) -> Task:
-    """A built-in task by name, or an ad-hoc task made from a JSONL file path."""
+    """A built-in task by name, a task folder (holding task.json), or an ad-hoc task from a JSONL file."""
     for task in builtin_tasks():
         if task.name == name_or_path:
             return task
     path = Path(name_or_path)
+    if (path / "task.json").is_file():
+        return load_task(path)
     if path.suffix in {".jsonl", ".json"} or path.exists():
         return Task(name=path.stem, description=f"prompts from {path}", dataset=path)
     names = ", ".join(t.name for t in builtin_tasks())
