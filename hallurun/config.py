@@ -48,6 +48,7 @@ class RunConfig:
     dataset: Path
     model: str
     run_dir: Path
+    evaluator: str | None = None  # how `hallurun eval` scores this task's answers (from task.json)
     sampling: Sampling = field(default_factory=Sampling)
     server: ServerSpec = field(default_factory=ServerSpec)
     limit: int | None = None
@@ -137,6 +138,7 @@ def build(task: Any, *, model: str, run_dir: Path, dataset: Path | None = None, 
     ops.update({k: v for k, v in (operational or {}).items() if v is not None})
     return RunConfig(
         task=task.name,
+        evaluator=task.evaluator,
         dataset=Path(dataset) if dataset is not None else task.dataset,
         model=model,
         run_dir=run_dir,
