@@ -170,6 +170,37 @@ def list_tasks() -> None:
         click.echo(f"{task.name:16} {task.description}  [{task.dataset}]")
 
 
+@main.command()
+@option("--model", default="tiny", show_default=True, help="The model a run would use.")
+@option("--server-python", type=click.Path(dir_okay=False), help="Python of the environment that has vLLM.")
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def doctor(model: str, server_python: str | None, server_args: tuple[str, ...]) -> None:
+    """Check this machine: vLLM, GPU, disk, the model, and the exact server command hallurun would run."""
+    from rich.console import Console
+
+    from hallurun import config, doctor, tasks
+
+    spec = tasks.Task(name="doctor", description="", dataset=Path("-"))
+    cfg = config.build(spec, model=model, run_dir=Path("runs"),
+                       server={"kind": "vllm", "python": server_python, "args": tuple(server_args)})
+    sys.exit(doctor.report(cfg, Console()))
+
+
+@main.command("tiny-model")
+@click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+def tiny_model_command(path: Path | None) -> None:
+    """Build the tiny random Llama model (no download) at PATH, or in the cache where `--model tiny` finds it.
+
+    It is a smoke-test model: it exercises the real engine, and its answers are noise."""
+    from hallurun import tiny_model
+
+    try:
+        built = tiny_model.build(path) if path else Path(tiny_model.resolve("tiny"))
+    except ImportError as exc:
+        _fail(f"building the tiny model needs torch, transformers and tokenizers ({exc}); run `make install`")
+    click.echo(str(built))
+
+
 @main.command("mock-server")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8100, show_default=True, type=int, help="Port to bind.")

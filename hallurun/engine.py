@@ -39,12 +39,14 @@ def has_nvidia_gpu() -> bool:
         return False
 
 
-def model_path(model: str) -> str:
-    """What the server loads: the built tiny model for `tiny`, else the name or path as given."""
+def model_path(model: str, *, build_tiny: bool = True) -> str:
+    """What the server loads: the built tiny model for `tiny` (built on first use), else the name as given."""
     if model != TINY:
         return model
     from hallurun import tiny_model
 
+    if not build_tiny:
+        return str(tiny_model.cache_dir() / tiny_model.TINY_DIR)
     return tiny_model.resolve(model)
 
 
@@ -64,7 +66,8 @@ def _context_length(model: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def launch(config: RunConfig, port: int, *, gpu: bool | None = None, environ: dict[str, str] | None = None) -> Launch:
+def launch(config: RunConfig, port: int, *, gpu: bool | None = None, environ: dict[str, str] | None = None,
+           build_tiny: bool = True) -> Launch:
     """The command and extra environment for the configured server, listening on `port`."""
     spec = config.server
     python = spec.python or sys.executable
@@ -75,7 +78,7 @@ def launch(config: RunConfig, port: int, *, gpu: bool | None = None, environ: di
     if spec.kind != "vllm":
         raise ValueError("an external server is not launched by hallurun")
     env_now = os.environ if environ is None else environ
-    path = model_path(config.model)
+    path = model_path(config.model, build_tiny=build_tiny)
     cmd = [python, "-m", VLLM_MODULE, "--model", path, "--host", spec.host, "--port", str(port)]
     if path != config.model and not _has_flag(args, "--served-model-name"):
         cmd += ["--served-model-name", config.model]  # requests keep using the name the user gave

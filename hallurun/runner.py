@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from rich.console import Console
 
-from hallurun import manifest
+from hallurun import engine, manifest
 from hallurun.checkpoint import Checkpoint, read_records
 from hallurun.client import Client
 from hallurun.config import ConfigError, RunConfig
@@ -62,6 +62,7 @@ def start(config: RunConfig, console: Console | None = None) -> int:
     config.run_dir.mkdir(parents=True, exist_ok=True)
     with _Session(config.run_dir) as session:
         info = _scan(config)
+        _prepare_model(config)
         if (config.run_dir / manifest.MANIFEST).exists():
             existing = manifest.read(config.run_dir)
             if existing["fingerprint"] != manifest.fingerprint(config, info.sha256):
@@ -84,6 +85,7 @@ def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = Fal
         except (KeyError, TypeError) as exc:
             raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
         info = _scan(config)
+        _prepare_model(config)
         if info.sha256 != saved["dataset"]["sha256"]:
             if not force:
                 raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
@@ -98,6 +100,17 @@ def _scan(config: RunConfig) -> DatasetInfo:
         return scan(config.dataset, config.limit)
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _prepare_model(config: RunConfig) -> None:
+    """Build the tiny model before the run starts (it takes seconds, and must not stall the event loop)."""
+    if config.server.kind != "vllm":
+        return
+    try:
+        engine.model_path(config.model)
+    except ImportError as exc:
+        raise UsageError(f"--model {config.model} needs torch, transformers and tokenizers here ({exc}); "
+                         "run `make install`") from None
 
 
 def resume_command(run_dir: Path) -> str:
