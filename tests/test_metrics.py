@@ -1,0 +1,245 @@
+"""The evaluation's decision logic on hand-made cases: metrics, verdict parsing, the heuristic judge, agreement."""
+
+from __future__ import annotations
+
+import pytest
+
+from hallurun import heuristic, judges
+from hallurun.evaluate import Verdict, judge_precisewikiqa, to_metrics
+from hallurun.metrics import (
+    EntityJudgment,
+    LongJudgment,
+    QAJudgment,
+    agreement,
+    by_bin,
+    cohen_kappa,
+    longwiki,
+    mixedentities,
+    precisewikiqa,
+    prompt_scores,
+)
+
+# --- PreciseWikiQA metrics ----------------------------------------------------------------------------------
+
+
+def test_precisewikiqa_metrics_by_hand() -> None:
+    judgments = [
+        QAJudgment("right", abstained=False, verdict="CORRECT", bin="9"),
+        QAJudgment("wrong", abstained=False, verdict="INCORRECT", bin="9"),
+        QAJudgment("vague", abstained=False, verdict="UNVERIFIABLE", bin="0"),
+        # An abstention that a correctness judge also called wrong: it is a refusal, never a hallucination.
+        QAJudgment("refused-and-wrong", abstained=True, verdict="INCORRECT", bin="0"),
+        QAJudgment("empty", abstained=True, bin="0"),  # how evaluate records an empty answer
+        QAJudgment("unreadable", abstained=None, problem="unparseable", bin="0"),
+        QAJudgment("unreadable-correctness", abstained=False, verdict=None, problem="unparseable", bin="9"),
+        QAJudgment("judge-down", abstained=None, problem="judge_failed", bin="9"),
+    ]
+    m = precisewikiqa(judgments)
+    # Scored: right, wrong, vague, refused-and-wrong, empty. Answered: right, wrong, vague.
+    assert m["halu_Rate"] == pytest.approx(2 / 3)
+    assert m["refusal_rate"] == pytest.approx(2 / 5)
+    assert m["correct_rate"] == pytest.approx(1 / 5)
+    assert m["counts"] == {"items": 8, "scored": 5, "abstained": 2, "answered": 3, "correct": 1, "incorrect": 1,
+                           "unverifiable": 1, "hallucinated": 2, "unparseable": 2, "judge_failed": 1}
+    bins = by_bin(judgments, precisewikiqa)
+    assert list(bins) == ["0", "9"]
+    assert bins["0"]["halu_Rate"] == 1.0 and bins["0"]["refusal_rate"] == pytest.approx(2 / 3)
+    assert bins["9"]["halu_Rate"] == 0.5 and bins["9"]["correct_rate"] == 0.5
+
+
+def test_precisewikiqa_rates_are_none_without_a_denominator() -> None:
+    m = precisewikiqa([QAJudgment("a", abstained=True), QAJudgment("b", None, problem="unparseable")])
+    assert m["halu_Rate"] is None and m["refusal_rate"] == 1.0 and m["correct_rate"] == 0.0
+    assert precisewikiqa([])["refusal_rate"] is None
+
+
+def test_empty_generation_is_an_abstention_decided_without_a_judge() -> None:
+    class NoJudge:
+        def ask(self, stage, prompts, parse, fmt):
+            assert "e" not in prompts, "an empty answer must not be sent to the judge"
+            return {i: Verdict(False if stage == "abstain" else "CORRECT", None, {stage: "ok"}) for i in prompts}
+
+    records = [{"id": "e", "prompt": "Q1?", "answer": "x", "generation": "  \n"},
+               {"id": "f", "prompt": "Q2?", "answer": "y", "generation": "y"}]
+    for stages in (None, NoJudge()):
+        out = {j["id"]: j for j in judge_precisewikiqa(records, stages)}  # type: ignore[arg-type]
+        assert out["e"]["empty"] and out["e"]["abstained"] is True and out["e"]["hallucinated"] is None
+        assert out["f"]["abstained"] is False and out["f"]["verdict"] == "CORRECT"
+        metrics, _ = to_metrics("precisewikiqa", list(out.values()))
+        assert metrics["refusal_rate"] == 0.5 and metrics["halu_Rate"] == 0.0
+    assert judges.is_empty("") and judges.is_empty(" \t\n") and not judges.is_empty(".")
+    assert heuristic.is_abstaining("")
+
+
+# --- MixedEntities and LongWiki metrics ---------------------------------------------------------------------
+
+
+def test_mixedentities_metrics() -> None:
+    m = mixedentities([EntityJudgment("a", True), EntityJudgment("b", False), EntityJudgment("c", False),
+                       EntityJudgment("d", False), EntityJudgment("e", None, problem="unparseable")])
+    assert m["refusal_rate"] == 0.75 and m["false_acceptance_rate"] == 0.25
+    assert m["counts"]["scored"] == 4 and m["counts"]["unparseable"] == 1
+
+
+def test_longwiki_per_prompt_scores_and_average() -> None:
+    assert prompt_scores(2, 4) == (0.5, 2 / 32, pytest.approx(2 * 0.5 * (2 / 32) / (0.5 + 2 / 32)))
+    assert prompt_scores(40, 40) == (1.0, 1.0, 1.0)  # recall is capped at 1 past 32 supported claims
+    assert prompt_scores(0, 3) == (0.0, 0.0, 0.0)
+    m = longwiki([
+        LongJudgment("a", (True, False, None, True)),  # the claim without a verdict is left out: 2 of 3
+        LongJudgment("b", tuple([True] * 40)),
+        LongJudgment("refused", ()),  # no claim: an abstention, outside the averages
+        LongJudgment("unreadable", None, problem="unparseable"),
+        LongJudgment("no-verdicts", (None, None)),
+    ])
+    pa, ra, fa = prompt_scores(2, 3)
+    assert m["precision"] == pytest.approx((pa + 1.0) / 2)
+    assert m["recall@32"] == pytest.approx((ra + 1.0) / 2)
+    assert m["f1@32"] == pytest.approx((fa + 1.0) / 2)
+    assert m["refusal_rate"] == pytest.approx(1 / 3)
+    assert m["counts"]["claims"] == 43 and m["counts"]["supported"] == 42
+    assert m["counts"]["claims_without_verdict"] == 3 and m["counts"]["unparseable"] == 2
+
+
+# --- agreement ----------------------------------------------------------------------------------------------
+
+
+def test_cohen_kappa_known_values() -> None:
+    # 50 items: both yes 20, both no 15, A yes/B no 5, A no/B yes 10 → p_o = .7, p_e = .5 → kappa .4
+    pairs = [(1, 1)] * 20 + [(0, 0)] * 15 + [(1, 0)] * 5 + [(0, 1)] * 10
+    assert cohen_kappa(pairs) == pytest.approx(0.4)
+    assert cohen_kappa([(1, 1), (0, 0)]) == 1.0
+    assert cohen_kappa([(1, 1), (1, 1)]) is None  # chance agreement is 1: undefined
+    assert cohen_kappa([]) is None
+    report = agreement("abstained", {"a": True, "b": False, "c": None}, {"a": True, "b": True, "c": True})
+    assert report == {"decision": "abstained", "items": 2, "agree": 1, "agreement": 0.5, "kappa": 0.0}
+
+
+# --- verdict parsing ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ('{"is_abstaining": true}', True),
+    ('{"is_abstaining":false}', False),
+    ('```json\n{"is_abstaining": True}\n```', True),
+    ("Result: {'is_abstaining': false}", False),
+    ('The chatbot declines. {"is_abstaining": "true"}', True),
+    ("is_abstaining: false", False),
+    ('{"is_abstaining": true} or {"is_abstaining": false}', None),  # both: not a verdict
+    ("The chatbot abstains.", None),
+    ("", None),
+])
+def test_parse_abstention(reply: str, expected: bool | None) -> None:
+    assert judges.parse_abstention(reply) is expected
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("CORRECT", "CORRECT"),
+    ("INCORRECT", "INCORRECT"),  # not read as CORRECT
+    ("Incorrect. The response says 1887.", "INCORRECT"),
+    ("**UNVERIFIABLE**", "UNVERIFIABLE"),
+    ("The response gives 1889, which matches. CORRECT", "CORRECT"),
+    ("Correct answer: 1889; the response says 1887, so INCORRECT", "INCORRECT"),
+    ('{"verdict": "UNVERIFIABLE"}', "UNVERIFIABLE"),
+    ("NOT CORRECT", None),
+    ("the response is correct", None),  # lower case in running text says nothing
+    ("CORRECT or INCORRECT", None),
+    ("maybe", None),
+])
+def test_parse_correctness(reply: str, expected: str | None) -> None:
+    assert judges.parse_correctness(reply) == expected
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("SUPPORTED", True), ("Not supported.", False), ("NOT_SUPPORTED", False), ("Unsupported", False),
+    ("The claim is NOT SUPPORTED by the evidence.", False), ('{"is_supported": true}', True),
+    ("SUPPORTED or NOT SUPPORTED", None), ("I cannot tell", None),
+])
+def test_parse_support(reply: str, expected: bool | None) -> None:
+    assert judges.parse_support(reply) is expected
+
+
+def test_parse_claims_and_exists() -> None:
+    assert judges.parse_claims('Claims: ["A was born in 1900.", "A was a painter.", "A was born in 1900."]') == [
+        "A was born in 1900.", "A was a painter."]
+    assert judges.parse_claims('[{"claim": "X is a city."}]') == ["X is a city."]
+    assert judges.parse_claims("[]") == [] and judges.parse_claims("No verifiable claims.") == []
+    assert judges.parse_claims("1. X is a city.\n2. X has a port.") == ["X is a city.", "X has a port."]
+    assert judges.parse_claims("X is a city.") is None and judges.parse_claims("[1, 2]") is None
+    assert judges.parse_exists('{"believes_exists": false}') is False
+    assert judges.parse_exists("it exists") is None
+
+
+def test_retry_prompt_quotes_the_unreadable_reply() -> None:
+    prompt = judges.retry_prompt("ORIGINAL", "hmm, hard to say", "abstain")
+    assert prompt.startswith("ORIGINAL") and f"{judges.RETRY_MARKER}\n<<<\nhmm, hard to say\n>>>" in prompt
+    assert '{"is_abstaining": true}' in prompt
+
+
+def test_templates_put_item_text_after_stage_specific_labels() -> None:
+    a = judges.abstain_prompt("Q?", "A.")
+    c = judges.correctness_prompt("Q?", "gold", "A.")
+    assert "Question: Q?\nChatbot's answer: A." in a and "Gold answer" not in a
+    assert "Question: Q?\nGold answer: gold\nChatbot's answer: A." in c
+    assert '"{name}"' not in judges.exists_prompt("What is the animal Foo bar?", "Foo bar", "", "x")
+    assert "Claim to check: C." in judges.verify_prompt("C.", "E.")
+
+
+# --- the heuristic judge ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("answer", "abstains"), [
+    ("I don't know.", True),
+    ("I couldn't find any information about that game.", True),
+    ("I’m not sure who that is.", True),  # a curly apostrophe
+    ("I do not have enough information to answer.", True),
+    ("That is beyond my knowledge cut-off.", True),
+    ("I know nothing about Quux.", True),
+    ("The tower was completed in 1889.", False),
+    ("There is no evidence that he joined a team in 2014; he retired in 2013.", False),  # a premise correction
+])
+def test_heuristic_abstention(answer: str, abstains: bool) -> None:
+    assert heuristic.is_abstaining(answer) is abstains
+
+
+@pytest.mark.parametrize(("answer", "gold", "verdict"), [
+    ("It was completed in 1889.", "1889", "CORRECT"),
+    ("It was completed in 1887.", "1889", "INCORRECT"),
+    ("The capital is Brasilia.", "Brasília", "CORRECT"),  # accents
+    ("There are 4 of them.", "four", "CORRECT"),  # number words
+    ("She married the painter Diego Rivera in 1929.", "Diego Rivera", "CORRECT"),
+    ("It was the company of Gustave Eiffel.", "Gustave Eiffel's company", "CORRECT"),  # token F1, not containment
+    ("He was born in Paris.", "Ulm", "INCORRECT"),
+])
+def test_heuristic_correctness(answer: str, gold: str, verdict: str) -> None:
+    assert heuristic.correctness(answer, gold) == verdict
+
+
+def test_heuristic_token_f1_and_normalization() -> None:
+    assert heuristic.tokens("The Río Tinto's mouth!") == ["rio", "tintos", "mouth"]
+    assert heuristic.token_f1(["a", "b"], ["a", "b"]) == 1.0
+    assert heuristic.token_f1(["a", "b"], ["a", "c", "d", "e"]) == pytest.approx(2 * 0.25 * 0.5 / 0.75)
+    assert heuristic.token_f1([], ["a"]) == 0.0
+
+
+@pytest.mark.parametrize(("answer", "believes"), [
+    ("The Lutra vulgaris is a small mammal found in European rivers.", True),
+    ("I couldn't find any information about a plant called Quercus ursina.", False),
+    ("Quercus ursina does not appear to be a recognized species; it may be a misspelling.", False),
+    ("I'm not aware of a medicine named Amoxiprazole.", False),
+    ("This seems to be a fictional organism.", False),
+    ("", False),
+])
+def test_heuristic_nonexistent_entities(answer: str, believes: bool) -> None:
+    assert heuristic.believes_exists(answer) is believes
+
+
+def test_heuristic_claims_and_support() -> None:
+    text = ("Marie Curie was born in Warsaw in 1867. She won two Nobel Prizes! Why? "
+            "I am not sure about her later years.\n- She worked in Paris with Pierre Curie.")
+    assert heuristic.extract_claims(text) == ["Marie Curie was born in Warsaw in 1867.", "She won two Nobel Prizes!",
+                                              "She worked in Paris with Pierre Curie."]
+    evidence = "Marie Curie was born in Warsaw in 1867 and later worked in Paris with Pierre Curie."
+    assert heuristic.supported("Marie Curie was born in Warsaw in 1867.", evidence)
+    assert not heuristic.supported("Marie Curie was born in Warsaw in 1868.", evidence)  # numbers must match
+    assert not heuristic.supported("She won two Nobel Prizes!", evidence)
