@@ -233,3 +233,141 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         host=host, port=port, model_name=model_name, latency=latency, token_rate=token_rate,
         max_model_len=max_model_len, faults=parsed, seed=seed, script=scripted,
     ))
+
+
+@main.command("eval", context_settings={"show_default": True})
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@option("--judge", help="Judge model, as its server knows it, or `heuristic`: the offline, approximate judge, used "
+                        "when neither --judge nor --judge-url is given.")
+@option("--judge-url", help="URL of a running OpenAI-compatible server with the judge model (implies "
+                            "--judge-server external; without --judge, the first model it lists).")
+@option("--judge-server", type=click.Choice(["vllm", "mock", "external"]), default="vllm",
+        help="Launch vLLM for the judge, launch the mock server (tests), or use --judge-url.")
+@option("--compare-judge", help="A second judge (a model, or `heuristic`) run on the same answers; prints how often "
+                                "the two agree on each decision, and Cohen's kappa.")
+@option("--evaluator", type=click.Choice(["precisewikiqa", "mixedentities", "longwiki"]),
+        help="Score a run of a prompt file as this task. [default: the run's task's own]")
+@option("--passages", type=click.Path(dir_okay=False, path_type=Path),
+        help="longwiki: JSONL of {title, text} passages to verify claims against, besides each reference section.")
+@option("--host", default="127.0.0.1", help="Address a launched judge server binds.")
+@_operational_options
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None, judge_server: str,
+                 compare_judge: str | None, evaluator: str | None, passages: Path | None, host: str,
+                 server_args: tuple[str, ...], **ops: Any) -> None:
+    """Judge a finished run's answers (default: the most recent run under runs/) and compute HalluLens' metrics:
+    eval_results.json, judgments.jsonl, a table and a chart. Judge stages run like inference, resumably, under
+    RUN_DIR/eval/<judge>/. Arguments after `--` go to the judge server's command."""
+    from rich.console import Console
+
+    from hallurun import config, evaluate, report, runner
+
+    operational, server = _split_operational(ops)
+    if judge_server == "external" and not judge_url:
+        _fail("--judge-server external needs --judge-url")
+    spec = {"kind": judge_server, "host": host, "args": tuple(server_args), **server}
+    console = Console(soft_wrap=True)
+    try:
+        first = evaluate.make_judge(judge, judge_url, spec, operational)
+        second = evaluate.make_judge(compare_judge, judge_url, spec, operational) if compare_judge else None
+        if second is not None and second.name == first.name:
+            _fail(f"--compare-judge {compare_judge} is the judge already given; name a different one")
+        run = evaluate.load_run(run_dir or runner.latest_run(), evaluator, passages=passages is not None)
+        texts = evaluate.load_passages(passages) if passages is not None else None
+        done = [evaluate.evaluate(run, first, console, passages_path=passages, passages=texts)]
+        report.show(done[0].results, console)
+        if second is not None:
+            done.append(evaluate.evaluate(run, second, console, passages_path=passages, passages=texts,
+                                          primary=False))
+            report.show(done[1].results, console)
+            agreement = evaluate.compare_judges(run, done[0], done[1])
+            console.print(report.agreement_table(agreement))
+            console.print(f"agreement: {agreement['file']}", highlight=False)
+    except (config.ConfigError, evaluate.EvalError, runner.UsageError) as exc:
+        _fail(str(exc))
+    except evaluate.EvalStopped as exc:
+        click.echo(str(exc) if exc.code == runner.EXIT_INTERRUPTED else f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same `hallurun eval` command again to continue", err=True)
+        sys.exit(130)
+    # Like inference: done, but some judge requests failed (their items are reported, not scored).
+    sys.exit(1 if any(e.results["counts"]["judge_failed"] for e in done) else 0)
+
+
+@main.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--judge", help="Show this judge's results (its folder under RUN_DIR/eval/, e.g. heuristic) instead "
+                              "of each run's latest evaluation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as a JSON list.")
+def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool) -> None:
+    """Print the evaluation metrics of several runs side by side."""
+    from rich.console import Console
+
+    from hallurun import compare, evaluate
+
+    try:
+        runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in run_dirs]
+    except evaluate.EvalError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(orjson.dumps([r for _, r in runs]).decode())
+        return
+    Console(soft_wrap=True).print(compare.table(runs))
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--task", "task_name", type=click.Choice(["precisewikiqa"]), default="precisewikiqa",
+              help="Which question set to build.")
+@click.option("--docs", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="GoodWiki-style JSONL: title, document (markdown), h_score_cat (0–9), optional pageid, revid, "
+                   "description, categories. A sample: tasks/precisewikiqa/goodwiki_sample.jsonl.")
+@click.option("--model", required=True, help="The generator model, as the server knows it.")
+@click.option("--n", "n", required=True, type=click.IntRange(min=1),
+              help="Questions to draft, spread evenly over the popularity bins (fewer survive the check).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Question file to write. [default: precisewikiqa-<model>-n<N>-seed<S>.jsonl]")
+@click.option("--seed", default=0, type=int, help="Seed for choosing documents and passages.")
+@option("--server", "server_kind", type=click.Choice(["vllm", "mock", "external"]), default="vllm",
+        help="Launch vLLM, launch the mock server, or use a running server.")
+@option("--server-url", help="URL of a running server (implies --server external; no relaunch between stages).")
+@option("--host", default="127.0.0.1", help="Address the launched server binds.")
+@click.option("--retry-failed", is_flag=True, help="Ask again for requests that failed in an earlier try.")
+@_operational_options
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def generate(task_name: str, docs: Path, model: str, n: int, out: Path | None, seed: int, server_kind: str,
+             server_url: str | None, host: str, retry_failed: bool, server_args: tuple[str, ...],
+             **ops: Any) -> None:
+    """Build a PreciseWikiQA question file with a generator model: a question per passage, then an
+    answerability check. Both stages run supervised and resumable; run the same command again to continue.
+    Arguments after `--` go to the server command."""
+    from hallurun import config, runner, stage
+    from hallurun import generate as gen
+
+    operational, server = _split_operational(ops)
+    settings = stage.Settings(
+        model=model, retry_failed=retry_failed, operational=operational,
+        server={"kind": server_kind, "url": server_url, "host": host, "args": tuple(server_args), **server},
+    )
+    try:
+        code = gen.generate(docs, n, seed, out or gen.default_out(model, n, seed), settings)
+    except (gen.GenerateError, stage.StageError, config.ConfigError, runner.UsageError) as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@main.command("build-entities", context_settings={"show_default": True})
+@click.option("--n", "n", default=100, type=click.IntRange(min=1), help="Names to make, spread over the four kinds.")
+@click.option("--seed", default=0, type=int, help="Seed for choosing and ordering the names.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSONL file to write.")
+def build_entities(n: int, seed: int, out: Path) -> None:
+    """Make a MixedEntities dataset: animals, plants, bacteria and medicines that do not exist, named from real
+    genus, epithet and medicine parts (tasks/mixedentities/*.json). The built-in set is `--n 100 --seed 0`."""
+    from hallurun import mixedentities
+
+    try:
+        records = mixedentities.build(n, seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    mixedentities.write(records, out)
+    click.echo(f"{len(records)} names → {out}")
