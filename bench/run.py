@@ -1,0 +1,100 @@
+"""`make bench` / `make bench-quick`: every section, a table each, and `bench/results.json`.
+
+    python -m bench.run [--quick] [--section overhead|recovery|poison|scale ...] [--out bench/results.json]
+
+Figures are ratios of things measured in the same run on the same machine (2 shared cores here), so compare rows
+of one run, not runs of different days. `--keep` leaves the work folder (datasets, run directories, server logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from bench.common import REPO
+from bench.overhead import OverheadPlan, overhead
+from bench.recovery import PoisonPlan, RecoveryPlan, poison, recovery
+from bench.report import print_tables
+from bench.scale import ScalePlan, scale
+
+Section = Callable[[Path], list[dict[str, Any]]]
+
+# Sized so that `make bench` takes under 15 minutes here and `make bench-quick` about 2.
+FULL: dict[str, Section] = {
+    "overhead": lambda work: overhead(OverheadPlan(items=20_000, seconds=4, upstream_items=300, reps=3), work),
+    "recovery": lambda work: recovery(RecoveryPlan(items=2_000, wedge_every=500), work),
+    "poison": lambda work: poison(PoisonPlan(items=600, poison_at=200), work),
+    "scale": lambda work: scale(ScalePlan(items=200_000, resume_lines=1_000_000), work),
+}
+QUICK: dict[str, Section] = {
+    "overhead": lambda work: overhead(OverheadPlan(items=5_000, seconds=1.5, upstream_items=120, reps=2), work),
+    "recovery": lambda work: recovery(RecoveryPlan(items=500, wedge_every=300), work),
+    "poison": lambda work: poison(PoisonPlan(items=150, poison_at=70), work),
+    "scale": lambda work: scale(ScalePlan(items=20_000, resume_lines=100_000), work),
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:"))
+    versions = {name: metadata.version(name) for name in ("hallurun", "aiohttp", "openai", "orjson")}
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()], **versions}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run of every section (about 2 minutes)")
+    parser.add_argument("--section", action="append", choices=list(FULL), help="run only this section (repeatable)")
+    parser.add_argument("--out", type=Path, help="[default: bench/results.json, or bench/results-quick.json]")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and say where it is")
+    args = parser.parse_args(argv)
+    plans = QUICK if args.quick else FULL
+    out = args.out or REPO / "bench" / ("results-quick.json" if args.quick else "results.json")
+    chosen = args.section or list(plans)
+    console = Console() if sys.stdout.isatty() else Console(width=150)  # a log file has room for the tables
+    work = Path(tempfile.mkdtemp(prefix="hallurun-bench-"))
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full",
+                               "command": "python -m bench.run" + (" --quick" if args.quick else ""),
+                               "started": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+                               "sections": {}, "section_s": {}}
+    began = time.monotonic()
+    try:
+        for name in chosen:
+            console.rule(f"[bold]{name}")
+            section_began = time.monotonic()
+            results["sections"][name] = plans[name](work)
+            results["section_s"][name] = round(time.monotonic() - section_began, 1)
+            print_tables({"sections": {name: results["sections"][name]}}, console)
+    finally:
+        if args.keep:
+            console.print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["duration_s"] = round(time.monotonic() - began, 1)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    console.rule("[bold]all sections")
+    print_tables(results, console)
+    console.print(f"{results['duration_s']:.0f} s in all; written to {out}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
