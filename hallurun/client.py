@@ -84,35 +84,58 @@ class Client:
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, flight: Flight,
                            loop: asyncio.AbstractEventLoop) -> Completion:
-        parts: list[str] = []
-        finish_reason = None
-        usage: dict[str, Any] | None = None
-        chat = self._sampling.api == "chat"
-        async for line in resp.content:
+        answer = _Answer(chat=self._sampling.api == "chat")
+        pending = b""
+        # Whole network reads, split into lines here: one await per read rather than one per SSE line.
+        async for chunk in resp.content.iter_any():
             now = loop.time()
             self._activity.touch(now)
-            if not line.startswith(b"data:"):
-                continue  # blank separators and SSE comments
-            flight.data(now)
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return Completion("".join(parts), finish_reason, *_usage(usage))
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise RequestError("bad_stream", f"unparseable SSE data: {payload[:200]!r}", retryable=True) from None
-            if "error" in chunk:
-                # vLLM reports failures in-band after the HTTP 200 has gone out.
-                raise RequestError("stream_error", f"in-band error: {_error_text(chunk['error'])}", retryable=True)
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-                if piece:
-                    parts.append(piece)
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
+            pending += chunk
+            if b"\n" not in chunk:
+                continue
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.startswith(b"data:"):
+                    flight.data(now)
+                    if answer.feed(line[5:].strip()):
+                        return answer.completion()
+        if pending.startswith(b"data:") and answer.feed(pending[5:].strip()):
+            return answer.completion()
         raise RequestError("incomplete_stream", "stream ended before [DONE]", retryable=True)
+
+
+class _Answer:
+    """The answer being assembled from SSE data payloads."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, payload: bytes) -> bool:
+        """Take one `data:` payload; True once the stream is complete."""
+        if payload == b"[DONE]":
+            return True
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise RequestError("bad_stream", f"unparseable SSE data: {payload[:200]!r}", retryable=True) from None
+        if "error" in chunk:
+            # vLLM reports failures in-band after the HTTP 200 has gone out (and then still sends [DONE]).
+            raise RequestError("stream_error", f"in-band error: {_error_text(chunk['error'])}", retryable=True)
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            piece = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+            if piece:
+                self.parts.append(piece)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return False
+
+    def completion(self) -> Completion:
+        return Completion("".join(self.parts), self.finish_reason, *_usage(self.usage))
 
 
 def _usage(usage: dict[str, Any] | None) -> tuple[int | None, int | None]:

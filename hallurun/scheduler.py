@@ -68,6 +68,7 @@ class Scheduler:
         self._front: deque[Job] = deque()  # requeued jobs, ahead of fresh items
         self._solo: deque[Job] = deque()  # suspects of poison, each run with nothing else in flight
         self._running: dict[str, _Running] = {}
+        self._solo_in_flight = 0  # suspects of poison in flight (0 or 1): nothing else may start meanwhile
         self._gate = asyncio.Event()  # open while dispatch may proceed; closed during a restart
         self._changed = asyncio.Event()  # something the dispatcher waits on has changed
         self._trouble = asyncio.Event()  # an item saw the server process gone
@@ -118,7 +119,7 @@ class Scheduler:
         """The next job to send, if one may go now, and whether it must run alone."""
         if len(self._running) >= self.config.concurrency:
             return None, False
-        if any(r.flight.solo for r in self._running.values()):
+        if self._solo_in_flight:
             return None, False
         if self._solo:
             return (self._solo.popleft(), True) if not self._running else (None, False)
@@ -150,6 +151,7 @@ class Scheduler:
         flight = Flight(job.item.id, started=now, solo=solo)
         task = self._tg.create_task(self._run_job(job, flight))
         self._running[job.item.id] = _Running(job, flight, task)
+        self._solo_in_flight += solo
         self.stats.in_flight = len(self._running)
 
     def _requeue_front(self, jobs: list[Job]) -> None:
@@ -173,6 +175,7 @@ class Scheduler:
             self._record_result(job, completion, asyncio.get_running_loop().time() - began)
         finally:
             self._running.pop(job.item.id, None)
+            self._solo_in_flight -= flight.solo
             self.stats.in_flight = len(self._running)
             self._changed.set()
 
