@@ -42,7 +42,9 @@ def has_nvidia_gpu() -> bool:
 def model_path(model: str, *, build_tiny: bool = True) -> str:
     """What the server loads: the built tiny model for `tiny` (built on first use), else the name as given."""
     if model != TINY:
-        return model
+        local = Path(model).expanduser()
+        # The server runs in the run directory, so a relative local path must be made absolute.
+        return str(local.resolve()) if local.exists() else model
     from hallurun import tiny_model
 
     if not build_tiny:
@@ -71,6 +73,8 @@ def launch(config: RunConfig, port: int, *, gpu: bool | None = None, environ: di
     """The command and extra environment for the configured server, listening on `port`."""
     spec = config.server
     python = spec.python or sys.executable
+    if "/" in python:
+        python = str(Path(python).expanduser().absolute())  # absolute: the server runs in the run directory
     args = spec.args
     if spec.kind == "mock":
         return Launch([python, "-m", "hallurun", "mock-server", "--model", config.model, "--host", spec.host,

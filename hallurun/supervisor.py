@@ -178,6 +178,8 @@ class Supervisor:
             self._proc = await asyncio.create_subprocess_exec(
                 *spec.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, preexec_fn=_die_with_parent, env={**self.env, **spec.env},
+                # `python -m` puts the working directory on sys.path: a stray queue.py there breaks vLLM.
+                cwd=self.config.run_dir,
             )
         self._guardian.watch(self._proc.pid)
 
