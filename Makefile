@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CUDA vLLM where an NVIDIA GPU answers, otherwise its CPU build.
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo cpu)
 
-.PHONY: install demo demo-mock test test-fast lint clean
+.PHONY: install demo demo-mock test test-fast lint eval bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,17 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not vllm"
 
 lint: $(STAMP)
-	$(BIN)/ruff check hallurun tests
+	$(BIN)/ruff check hallurun tests bench
+
+# Evaluate a run (RUN=runs/x; default: the latest under runs/) with the heuristic judge, or JUDGE=<model>.
+eval: $(STAMP)
+	$(BIN)/hallurun eval $(RUN) $(if $(JUDGE),--judge $(JUDGE))
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

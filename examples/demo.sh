@@ -11,5 +11,8 @@ echo
 hallurun inference --task precisewikiqa --model tiny --limit 100 --run-dir "$RUN"
 echo
 hallurun status "$RUN"
+echo
+# The offline heuristic judge: approximate, and needs no judge model (--judge MODEL for an LLM judge).
+hallurun eval "$RUN"
 echo "HalluLens-format answers: $RUN/generation.jsonl"
 echo "To see a wedge, a crash and an interrupt survived: make demo-mock"
