@@ -7,6 +7,7 @@ Both return the process exit code; errors a user can fix are raised as `UsageErr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
@@ -21,7 +22,7 @@ import orjson
 from rich.console import Console
 
 from hallurun import engine, manifest
-from hallurun.checkpoint import Checkpoint, read_records
+from hallurun.checkpoint import Checkpoint
 from hallurun.client import Client
 from hallurun.config import ConfigError, RunConfig
 from hallurun.dataset import DatasetError, DatasetInfo, iter_items, scan
@@ -263,15 +264,31 @@ def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events
 
 
 def write_generation(config: RunConfig, path: Path) -> int:
-    """Write HalluLens' `generation.jsonl`: input fields plus `generation`, in dataset order, atomically."""
-    generations = {str(r["id"]): r.get("generation", "") for r in read_records(config.run_dir / "results.jsonl")}
+    """Write HalluLens' `generation.jsonl`: input fields plus `generation`, in dataset order, atomically.
+
+    Only byte offsets of the results are held in memory, not the generations, so a run of a million items does
+    not need its answers in RAM at the end.
+    """
+    results = config.run_dir / "results.jsonl"
+    offsets: dict[str, int] = {}
+    with results.open("rb") as fh:
+        offset = 0
+        for raw in fh:
+            if raw.endswith(b"\n"):
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    offsets.setdefault(str(orjson.loads(raw)["id"]), offset)
+            offset += len(raw)
     tmp = path.with_suffix(".jsonl.tmp")
     written = 0
-    with tmp.open("wb") as out:
+    with tmp.open("wb") as out, results.open("rb") as fh:
         for item in iter_items(config.dataset, config.limit):
-            if item.id in generations:
-                out.write(orjson.dumps({**item.record, "generation": generations[item.id]}) + b"\n")
-                written += 1
+            where = offsets.get(item.id)
+            if where is None:
+                continue
+            fh.seek(where)
+            generation = orjson.loads(fh.readline()).get("generation", "")
+            out.write(orjson.dumps({**item.record, "generation": generation}) + b"\n")
+            written += 1
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)

@@ -46,18 +46,25 @@ def events(run_dir: Path, name: str | None = None) -> list[dict[str, Any]]:
 
 
 def server_processes(run_dir: Path) -> list[int]:
-    """Pids of live processes launched for this run (they carry HALLURUN_RUN_DIR in their environment)."""
+    """Pids of live processes launched for this run.
+
+    A server leads its own session, so its whole tree shares the session id of a `server_started` pid; processes
+    also carry HALLURUN_RUN_DIR in their environment (vLLM's engine overwrites that area with its process title,
+    hence both).
+    """
     marker = f"HALLURUN_RUN_DIR={run_dir.resolve()}".encode()
+    sessions = {e["pid"] for e in events(run_dir, "server_started") if e.get("pid")}
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            state, session = fields[0], int(fields[3])
+            ours = session in sessions or marker in (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
             continue
-        if marker in environ.split(b"\0") and state != "Z":
+        if ours and state != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -106,7 +113,10 @@ def hallurun(tmp_path: Path) -> Hallurun:
 def _no_leftover_servers(tmp_path: Path):
     """Every test must leave no server process behind; kill any survivor so one failure does not cascade."""
     yield
-    survivors = [pid for run_dir in tmp_path.glob("**/manifest.json") for pid in server_processes(run_dir.parent)]
+    run_dirs = [m.parent for m in tmp_path.glob("**/manifest.json")]
+    deadline = time.monotonic() + 30  # a killed hallurun's guardian may still be reaping its server
+    while (survivors := [pid for d in run_dirs for pid in server_processes(d)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for pid in survivors:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

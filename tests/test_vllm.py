@@ -34,10 +34,10 @@ def engine_cores(run_dir: Path) -> list[int]:
     cores = []
     for pid in server_processes(run_dir):
         try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/comm").read_bytes()
         except OSError:
             continue
-        if b"EngineCore" in title:
+        if b"VLLM::EngineCor" in title:
             cores.append(pid)
     return cores
 
