@@ -4,7 +4,7 @@
 # server (health 200, no tokens) is detected and restarted, and every item comes back exactly once.
 set -euo pipefail
 
-RUN=runs/demo
+RUN=runs/demo-mock
 rm -rf "$RUN"
 # Each mock server process wedges after 70 generation requests and fails 5% of requests with HTTP 500.
 FAULTS=(--latency 0.05 --token-rate 200 --fault hang-after:70 --fault error-rate:0.05)
