@@ -12,7 +12,6 @@ The heuristic judge (`heuristic.py`) runs in-process and has no stages.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -26,8 +25,8 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from hallurun import __version__, config, heuristic, judges, manifest, runner, status, tasks
-from hallurun.checkpoint import FAILURES, RESULTS, read_records
+from hallurun import __version__, heuristic, judges, manifest, runner, status
+from hallurun import stage as run_stage
 from hallurun.metrics import (
     JUDGE_FAILED,
     UNPARSEABLE,
@@ -277,48 +276,26 @@ class Stages:
         return verdicts
 
     def _run(self, stage: str, prompts: dict[str, str], max_tokens: int) -> tuple[dict[str, str], dict[str, str]]:
-        """One stage as a hallurun run: (replies by id, failure reasons by id)."""
-        if not prompts:
-            return {}, {}
+        """One stage as a hallurun run in RUN_DIR/eval/<judge>/<stage>/: (replies by id, failure reasons by id)."""
         stage_dir = self.judge_dir / stage
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        path = stage_dir / PROMPTS
-        data = b"".join(orjson.dumps({"id": i, "prompt": p}) + b"\n" for i, p in prompts.items())
-        if not path.exists() or path.read_bytes() != data:
-            if (stage_dir / manifest.MANIFEST).exists():
-                raise EvalError(f"{stage_dir} judged other prompts (the run's answers or an earlier stage changed "
-                                f"since); delete {self.judge_dir} to judge this run again")
-            _write_atomic(path, data)
-        task = tasks.Task(name=f"{self.evaluator}-judge-{stage}", description=f"judge stage {stage}", dataset=path)
-        cfg = config.build(task, model=str(self.judge.model), run_dir=stage_dir,
-                           sampling={"api": "chat", "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0},
-                           server=self.judge.server, operational=self.judge.operational)
-        if not _finished(stage_dir, cfg, hashlib.sha256(data).hexdigest()):
+        settings = run_stage.Settings(model=str(self.judge.model), server=self.judge.server,
+                                      operational=self.judge.operational)
+        sampling = {"api": "chat", "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0}
+        records = [{"id": item_id, "prompt": prompt} for item_id, prompt in prompts.items()]
+        if records:
             self.console.print(f"[bold]judge stage {stage}[/]: {len(prompts)} prompt(s) to {self.judge.model}")
-            code = runner.start(cfg, self.console)
-            if code == runner.EXIT_INTERRUPTED:
-                raise EvalStopped(code, f"interrupted in judge stage {stage}; run the same `hallurun eval` "
-                                        "command again to continue where it stopped")
-            if code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
-                raise EvalStopped(code, f"judge stage {stage} stopped (exit {code}, see {stage_dir}/server.log); "
-                                        "run the same `hallurun eval` command again to continue")
-        replies = {str(r["id"]): str(r.get("generation", "")) for r in read_records(stage_dir / RESULTS)}
-        failures = {str(r["id"]): f"{r.get('reason', 'failed')}: {r.get('error', '')}".strip()
-                    for r in read_records(stage_dir / FAILURES) if str(r.get("id")) not in replies}
-        return replies, failures
-
-
-def _finished(stage_dir: Path, cfg: config.RunConfig, sha256: str) -> bool:
-    """A stage that has run to its end needs no server again, if it is this judge's run of these prompts."""
-    try:
-        saved = manifest.read(stage_dir)
-        summary = status.summarize(stage_dir)
-    except manifest.ManifestError:
-        return False
-    if saved.get("fingerprint") != manifest.fingerprint(cfg, sha256):
-        model = saved.get("config", {}).get("model")
-        raise EvalError(f"{stage_dir} holds another judge's stage (model {model!r}); delete it to judge again")
-    return bool(summary["finished"]) and not summary["pending"] and not summary["running_pid"]
+        try:
+            outcome = run_stage.run(f"{self.evaluator}-judge-{stage}", stage_dir, records, sampling, settings,
+                                    self.console, run_dir=stage_dir)
+        except run_stage.StageError as exc:
+            raise EvalError(f"{exc} (the run's answers or an earlier stage changed since)") from None
+        if outcome.code == runner.EXIT_INTERRUPTED:
+            raise EvalStopped(outcome.code, f"interrupted in judge stage {stage}; run the same `hallurun eval` "
+                                            "command again to continue where it stopped")
+        if outcome.code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
+            raise EvalStopped(outcome.code, f"judge stage {stage} stopped (exit {outcome.code}, see "
+                                            f"{stage_dir}/server.log); run the same `hallurun eval` command again")
+        return outcome.generations, outcome.failures
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ A stage is a prompt file plus a run directory inside a work folder:
 
     WORK/<stage>/prompts.jsonl   the requests, written once (deterministic for the same inputs)
     WORK/<stage>/run/            an ordinary hallurun run: manifest, results.jsonl, events, server.log
+                                 (judge stages of `hallurun eval` keep the run in WORK/<stage>/ itself)
 
 so a stage is supervised (wedges, crashes, restarts) and resumable exactly like `hallurun inference`: running
 the same job again continues each stage where it stopped and never asks for an item twice.
@@ -44,24 +45,28 @@ class Settings:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished stage: its exit code and the generation for every item that got one."""
+    """A finished stage: its exit code, the generation for every item that got one, and why others failed."""
 
     code: int
     generations: dict[str, str]
-    failed: int
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
 
-def write_once(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Write a prompt file atomically, unless an identical one is there; refuse to replace a different one.
+def write_once(path: Path, records: Iterable[dict[str, Any]], run_dir: Path) -> None:
+    """Write a prompt file atomically, unless an identical one is there; refuse to replace one a run has used.
 
-    A stage's run is keyed to its prompt file's sha256, so an existing file must never change under it.
+    A stage's run is keyed to its prompt file's sha256, so a file must never change under a started run.
     """
     data = b"".join(orjson.dumps(r) + b"\n" for r in records)
-    if path.exists():
-        if path.read_bytes() == data:
-            return
-        raise StageError(f"{path} holds different requests (other documents, --n, --seed or generator replies); "
-                         f"delete {path.parent.parent} to start over, or choose another --out")
+    if path.exists() and path.read_bytes() == data:
+        return
+    if (run_dir / manifest.MANIFEST).exists():
+        raise StageError(f"{path} holds different requests than this job would send now (other inputs, options "
+                         f"or earlier replies); delete {path.parent.parent} to start over")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as fh:
@@ -86,18 +91,19 @@ def _finished(cfg: run_config.RunConfig, sha256: str) -> bool:
 
 
 def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: dict[str, Any], settings: Settings,
-        console: Console) -> Outcome:
+        console: Console, *, run_dir: Path | None = None) -> Outcome:
     """Run one stage: write its prompts, run (or continue) it through `runner.start`, read its generations.
 
     A stage already finished is not run again, so a rerun of a finished job starts no server.
     Raises StageError, runner.UsageError or config.ConfigError for problems a user must fix.
     """
     prompts = folder / "prompts.jsonl"
+    run_dir = run_dir or folder / "run"
     if not records:
-        return Outcome(runner.EXIT_OK, {}, 0)
-    write_once(prompts, records)
+        return Outcome(runner.EXIT_OK, {})
+    write_once(prompts, records, run_dir)
     task = Task(name=name, description=f"hallurun stage {name}", dataset=prompts, defaults=sampling)
-    cfg = run_config.build(task, model=settings.model, run_dir=folder / "run", server=settings.server,
+    cfg = run_config.build(task, model=settings.model, run_dir=run_dir, server=settings.server,
                            operational={**settings.operational, "retry_failed": settings.retry_failed})
     try:
         info = scan(prompts)
@@ -109,7 +115,8 @@ def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: dict[s
     else:
         code = runner.start(cfg, console)
     if code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
-        return Outcome(code, {}, 0)
+        return Outcome(code, {})
     generations = {str(r["id"]): str(r.get("generation") or "") for r in read_records(cfg.run_dir / "results.jsonl")}
-    failed = {str(r["id"]) for r in read_records(cfg.run_dir / FAILURES)} - set(generations)
-    return Outcome(runner.EXIT_FAILED_ITEMS if failed else runner.EXIT_OK, generations, len(failed))
+    failures = {str(r["id"]): f"{r.get('reason', 'failed')}: {r.get('error', '')}".strip()
+                for r in read_records(cfg.run_dir / FAILURES) if str(r.get("id")) not in generations}
+    return Outcome(runner.EXIT_FAILED_ITEMS if failures else runner.EXIT_OK, generations, failures)
