@@ -27,6 +27,7 @@ from rich.console import Console
 
 from hallurun import __version__, heuristic, judges, manifest, runner, status
 from hallurun import stage as run_stage
+from hallurun.jsonl import JsonlError, read_objects
 from hallurun.metrics import (
     JUDGE_FAILED,
     UNPARSEABLE,
@@ -171,26 +172,23 @@ def _read_answers(source: Path, evaluator: str, passages: bool) -> list[dict[str
     if evaluator == "longwiki" and passages:
         wanted, why = "title", "the page title of every question, to find its passages"
     records = []
-    with source.open("rb") as fh:
-        for index, raw in enumerate(fh):
-            where = f"{source}:{index + 1}"
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise EvalError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise EvalError(f"{where}: expected a JSON object")
-            for name in ("prompt", "generation"):
-                if not isinstance(record.get(name), str):
-                    raise EvalError(f"{where}: field {name!r}: missing or not a string")
-            value = record.get(wanted)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                record[wanted] = value = str(value)  # a numeric gold answer such as 1889
-            if not isinstance(value, str) or not value.strip():
-                raise EvalError(f"{where}: field {wanted!r}: missing; a {evaluator} evaluation needs {why}")
-            # generation.jsonl keeps the dataset's records; one without an id had its position as id in the run.
-            record["id"] = str(record.get("id", index))
-            records.append(record)
+    try:
+        lines = list(read_objects(source))
+    except JsonlError as exc:
+        raise EvalError(str(exc)) from None
+    for index, (line_no, record) in enumerate(lines):
+        where = f"{source}:{line_no}"
+        for name in ("prompt", "generation"):
+            if not isinstance(record.get(name), str):
+                raise EvalError(f"{where}: field {name!r}: missing or not a string")
+        value = record.get(wanted)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            record[wanted] = value = str(value)  # a numeric gold answer such as 1889
+        if not isinstance(value, str) or not value.strip():
+            raise EvalError(f"{where}: field {wanted!r}: missing; a {evaluator} evaluation needs {why}")
+        # generation.jsonl keeps the dataset's records; one without an id had its position as id in the run.
+        record["id"] = str(record.get("id", index))
+        records.append(record)
     return records
 
 
@@ -198,21 +196,13 @@ def load_passages(path: Path) -> dict[str, list[str]]:
     """A `--passages` file: JSONL records `{"title", "text"}`, grouped by title (and by its lower case)."""
     found: dict[str, list[str]] = {}
     try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise EvalError(f"{path}: cannot read passages ({exc.strerror})") from None
-    with fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise EvalError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+        for line_no, record in read_objects(path):
             for name in ("title", "text"):
-                if not isinstance(record, dict) or not isinstance(record.get(name), str):
+                if not isinstance(record.get(name), str):
                     raise EvalError(f"{path}:{line_no}: field {name!r}: must be a string")
             found.setdefault(record["title"].strip().lower(), []).append(record["text"])
+    except JsonlError as exc:
+        raise EvalError(f"passages: {exc}") from None
     return found
 
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hallurun import qgen, runner, stage
+from hallurun.jsonl import JsonlError, read_objects
 from hallurun.passages import passages
 
 BINS = tuple(range(10))
@@ -92,28 +93,23 @@ def read_documents(path: Path) -> list[Document]:
     if not path.is_file():
         raise GenerateError(f"{path}: documents file not found")
     docs: list[Document] = []
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise GenerateError(f"{path}:{line_no}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise GenerateError(f"{path}:{line_no}: expected a JSON object")
-            for name in ("title", "document"):
-                if not isinstance(record.get(name), str) or not record[name].strip():
-                    raise GenerateError(f"{path}:{line_no}: field {name!r}: must be a non-empty string")
-            popularity = _bin(record.get("h_score_cat"))
-            if popularity is None:
-                raise GenerateError(f"{path}:{line_no}: field 'h_score_cat': must be a popularity bin 0–9")
-            categories = record.get("categories")
-            docs.append(Document(
-                title=record["title"].strip(), h_score_cat=popularity, document=record["document"],
-                pageid=record.get("pageid"), revid=record.get("revid"), description=record.get("description"),
-                categories=list(categories) if isinstance(categories, list) else [],
-            ))
+    try:
+        lines = list(read_objects(path))
+    except JsonlError as exc:
+        raise GenerateError(str(exc)) from None
+    for line_no, record in lines:
+        for name in ("title", "document"):
+            if not isinstance(record.get(name), str) or not record[name].strip():
+                raise GenerateError(f"{path}:{line_no}: field {name!r}: must be a non-empty string")
+        popularity = _bin(record.get("h_score_cat"))
+        if popularity is None:
+            raise GenerateError(f"{path}:{line_no}: field 'h_score_cat': must be a popularity bin 0–9")
+        categories = record.get("categories")
+        docs.append(Document(
+            title=record["title"].strip(), h_score_cat=popularity, document=record["document"],
+            pageid=record.get("pageid"), revid=record.get("revid"), description=record.get("description"),
+            categories=list(categories) if isinstance(categories, list) else [],
+        ))
     if not docs:
         raise GenerateError(f"{path}: no documents")
     return docs

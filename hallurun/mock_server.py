@@ -25,6 +25,8 @@ from typing import Any, NoReturn
 import orjson
 from aiohttp import web
 
+from hallurun.jsonl import JsonlError, read_objects
+
 FAULT_KINDS = ("hang-after", "crash-after", "error-rate", "rate-limit", "stream-error-rate", "poison",
                "stream-stall", "startup-delay", "fail-start")
 _TEXT_FAULTS = frozenset({"poison", "stream-stall"})
@@ -141,18 +143,10 @@ def load_script(path: str) -> tuple[tuple[str, str], ...]:
     A request whose prompt contains TEXT gets ANSWER verbatim, so tests can script a judge's verdicts.
     """
     pairs = []
-    with open(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from None
-            if not (isinstance(record, dict) and isinstance(record.get("match"), str)
-                    and isinstance(record.get("response"), str)):
-                raise ValueError(f"{path}:{line_no}: needs string fields 'match' and 'response'")
-            pairs.append((record["match"], record["response"]))
+    for line_no, record in read_objects(path):
+        if not (isinstance(record.get("match"), str) and isinstance(record.get("response"), str)):
+            raise JsonlError(path, line_no, "needs string fields 'match' and 'response'")
+        pairs.append((record["match"], record["response"]))
     return tuple(pairs)
 
 
