@@ -1,9 +1,11 @@
 """`make bench` / `make bench-quick`: every section, a table each, and `bench/results.json`.
 
-    python -m bench.run [--quick] [--section overhead|recovery|poison|scale ...] [--out bench/results.json]
+    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine ...] [--out bench/results.json]
 
 Figures are ratios of things measured in the same run on the same machine (2 shared cores here), so compare rows
 of one run, not runs of different days. `--keep` leaves the work folder (datasets, run directories, server logs).
+The file named by `--out` is merged into, not replaced: the sections run now replace theirs, the others keep
+their last figures, and `section_runs` says when and how each section was last run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 from rich.console import Console
 
 from bench.common import REPO
+from bench.engine import EnginePlan, engine
 from bench.overhead import OverheadPlan, overhead
 from bench.recovery import PoisonPlan, RecoveryPlan, poison, recovery
 from bench.report import print_tables
@@ -38,13 +41,19 @@ FULL: dict[str, Section] = {
     "recovery": lambda work: recovery(RecoveryPlan(items=2_000, wedge_every=500), work),
     "poison": lambda work: poison(PoisonPlan(items=600, poison_at=200), work),
     "scale": lambda work: scale(ScalePlan(items=200_000, resume_lines=1_000_000), work),
+    "engine": lambda work: engine(EnginePlan(items=1000), work),
 }
 QUICK: dict[str, Section] = {
     "overhead": lambda work: overhead(OverheadPlan(items=5_000, seconds=1.5, upstream_items=120, reps=2), work),
     "recovery": lambda work: recovery(RecoveryPlan(items=500, wedge_every=300), work),
     "poison": lambda work: poison(PoisonPlan(items=150, poison_at=70), work),
     "scale": lambda work: scale(ScalePlan(items=20_000, resume_lines=100_000), work),
+    "engine": lambda work: engine(EnginePlan(items=200), work),  # only with --section engine: see QUICK_SKIPS
 }
+# Left out of a plain `--quick` run (two cold starts of real vLLM take over a minute here); `--quick --section
+# engine` runs it small.
+QUICK_SKIPS = {"engine": "engine: skipped in --quick (two vLLM cold starts); run `python -m bench.run --section "
+                         "engine` for it, or `--quick --section engine` for a small version"}
 
 
 def machine() -> dict[str, Any]:
@@ -59,6 +68,18 @@ def machine() -> dict[str, Any]:
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()], **versions}
 
 
+def merged(out: Path, results: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    """`results` laid over what `out` already holds: other sections keep their figures. A run of chosen sections
+    (`partial`) keeps the file's own run-wide fields (command, machine, duration of the full run)."""
+    if not out.exists():
+        return results
+    old = orjson.loads(out.read_bytes())
+    combined = dict(old if partial else results)
+    for key in ("sections", "section_s", "section_runs"):
+        combined[key] = {**old.get(key, {}), **results.get(key, {})}
+    return combined
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run of every section (about 2 minutes)")
@@ -68,20 +89,26 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     plans = QUICK if args.quick else FULL
     out = args.out or REPO / "bench" / ("results-quick.json" if args.quick else "results.json")
-    chosen = args.section or list(plans)
+    chosen = args.section or [name for name in plans if not (args.quick and name in QUICK_SKIPS)]
     console = Console() if sys.stdout.isatty() else Console(width=150)  # a log file has room for the tables
     work = Path(tempfile.mkdtemp(prefix="hallurun-bench-"))
-    results: dict[str, Any] = {"mode": "quick" if args.quick else "full",
-                               "command": "python -m bench.run" + (" --quick" if args.quick else ""),
-                               "started": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                               "sections": {}, "section_s": {}}
+    command = "python -m bench.run" + (" --quick" if args.quick else "") + "".join(
+        f" --section {name}" for name in args.section or [])
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "command": command, "started": started,
+                               "machine": machine(), "sections": {}, "section_s": {}, "section_runs": {}}
     began = time.monotonic()
+    if not args.section and args.quick:
+        for note in QUICK_SKIPS.values():
+            console.print(note, highlight=False)
     try:
         for name in chosen:
             console.rule(f"[bold]{name}")
             section_began = time.monotonic()
             results["sections"][name] = plans[name](work)
             results["section_s"][name] = round(time.monotonic() - section_began, 1)
+            results["section_runs"][name] = {"command": command, "started": started,
+                                             "machine": results["machine"]}
             print_tables({"sections": {name: results["sections"][name]}}, console)
     finally:
         if args.keep:
@@ -89,6 +116,7 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     results["duration_s"] = round(time.monotonic() - began, 1)
+    results = merged(out, results, partial=bool(args.section))
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     console.rule("[bold]all sections")
     print_tables(results, console)

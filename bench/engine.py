@@ -1,0 +1,199 @@
+"""Section 5: a real engine. The same prompts against the tiny random Llama (`hallurun tiny-model`) served by real
+vLLM on this machine's CPU, side by side in one run:
+
+- `offline`: vLLM's own `LLM.chat` on the whole batch in one process (no HTTP at all): the engine's limit. Only
+  the call is timed, not the model load.
+- one `vllm.entrypoints.openai.api_server` started by the bench, and against it, in turn: the bare aiohttp loop
+  (the limit for any HTTP client) at each concurrency, hallurun at the same concurrencies (its request phase, from
+  `server_started` to the last write of `results.jsonl`), and HalluLens' upstream client (64 threads).
+
+hallurun's request body has no `ignore_eos`, so no client sends it (every request must be the same): the tokens
+actually generated are counted for each client (usage chunks, `results.jsonl`, the offline outputs), so a run
+that stops early shows it.
+
+`python -m bench.engine offline --model PATH --dataset FILE --max-tokens N --max-model-len L [--out FILE]` is the
+offline measurement (one JSON line: {"elapsed_s", "ok", "completion_tokens"}); the bench runs it in its own session
+and kills the session after, as vLLM's engine core outlives the process that started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.baselines import UPSTREAM_THREADS, load_prompts
+from bench.common import PYTHON, REPO, free_port, healthy, kill_group, read_jsonl, run_hallurun, shown, write_dataset
+
+SERVED = "tiny"
+KV_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    items: int = 1000
+    max_tokens: int = 64
+    concurrencies: tuple[int, ...] = (64, 256)
+    max_model_len: int = 2048
+    startup_timeout_s: float = 600.0
+    timeout_s: float = 240.0
+
+
+def _tiny_model() -> str:
+    from hallurun import tiny_model
+
+    return tiny_model.resolve(tiny_model.TINY_NAME)
+
+
+def _vllm_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HALLURUN_")}
+    env.update(KV_ENV)
+    return env
+
+
+def _offline(model: str, dataset: Path, plan: EnginePlan, log: Path) -> tuple[dict[str, Any], list[str]]:
+    result = log.with_suffix(".json")
+    cmd = [PYTHON, "-m", "bench.engine", "offline", "--model", model, "--dataset", str(dataset),
+           "--max-tokens", str(plan.max_tokens), "--max-model-len", str(plan.max_model_len), "--out", str(result)]
+    # Output to a file, never a pipe: vLLM's engine core inherits it and outlives the process, so a pipe would
+    # never reach end-of-file.
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_vllm_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    try:
+        proc.wait(timeout=plan.timeout_s)
+    finally:
+        kill_group(proc)  # its engine core is a child process: take the whole group
+    if proc.returncode != 0 or not result.exists():
+        raise RuntimeError(f"{shown(cmd)} exited {proc.returncode}; see {log}")
+    return orjson.loads(result.read_bytes()), cmd[:-2]
+
+
+def _server_cmd(model: str, port: int, plan: EnginePlan) -> list[str]:
+    return [PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", SERVED,
+            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(plan.max_model_len)]
+
+
+def _baseline(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan,
+              limit: int | None = None) -> dict[str, Any]:
+    cmd = [PYTHON, "-m", "bench.baselines", client, "--url", url, "--dataset", str(dataset),
+           "--concurrency", str(concurrency), "--model", SERVED, "--max-tokens", str(plan.max_tokens)]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=plan.timeout_s, check=True)
+    result = orjson.loads(done.stdout)
+    if result["errors"]:
+        raise RuntimeError(f"{shown(cmd)}: {result['errors']} requests failed")
+    return {**result, "cmd": cmd}
+
+
+def _hallurun(url: str, dataset: Path, concurrency: int, plan: EnginePlan, run_dir: Path) -> dict[str, Any]:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = ["inference", "--task", str(dataset), "--model", SERVED, "--server-url", url,
+            "--concurrency", str(concurrency), "--max-tokens", str(plan.max_tokens), "--temperature", "0",
+            "--top-p", "1", "--run-dir", str(run_dir)]
+    run = run_hallurun(args, run_dir, timeout=plan.timeout_s)
+    if run.returncode != 0:
+        raise RuntimeError(f"{shown(run.cmd)} exited {run.returncode}; see {run_dir}.output.log")
+    results = read_jsonl(run_dir / "results.jsonl")
+    failures = read_jsonl(run_dir / "failures.jsonl")
+    if failures or len(results) != plan.items:
+        raise RuntimeError(f"{run_dir}: {len(results)} results and {len(failures)} failures of {plan.items} items")
+    return {"elapsed_s": run.request_phase_s, "ok": len(results),
+            "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results), "cmd": run.cmd}
+
+
+def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
+    """Rows per (client, concurrency): requests/s, generated tokens/s, and the ratio to the bare loop at the same
+    concurrency (the offline row's ratio is to the best bare loop: what HTTP costs over the engine itself)."""
+    model = _tiny_model()
+    dataset = work / f"engine-{plan.items}.jsonl"
+    write_dataset(dataset, plan.items)
+    measured: list[tuple[str, int | None, dict[str, Any]]] = []
+
+    print(f"engine: offline LLM.chat on {plan.items} prompts (model load excluded) ...", flush=True)
+    offline, offline_cmd = _offline(model, dataset, plan, work / "engine-offline.log")
+    measured.append(("vLLM offline LLM.chat", None, {**offline, "cmd": offline_cmd}))
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_cmd = _server_cmd(model, port, plan)
+    log = work / "engine-server.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(server_cmd, cwd=REPO, env=_vllm_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, start_new_session=True)
+    try:
+        began = time.monotonic()
+        while not healthy(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with code {proc.returncode} while starting; see {log}")
+            if time.monotonic() - began > plan.startup_timeout_s:
+                raise RuntimeError(f"vLLM did not answer /health within {plan.startup_timeout_s}s; see {log}")
+            time.sleep(0.5)
+        print(f"engine: vLLM ready at {url} after {time.monotonic() - began:.0f} s", flush=True)
+        # One warm-up pass so that no client pays for the server's first requests (compilation, caches).
+        _baseline("bare", url, dataset, 64, plan, limit=64)
+        for concurrency in plan.concurrencies:
+            print(f"engine: concurrency {concurrency}: bare, hallurun ...", flush=True)
+            measured.append(("bare", concurrency, _baseline("bare", url, dataset, concurrency, plan)))
+            measured.append(("hallurun", concurrency, _hallurun(url, dataset, concurrency, plan, work / "engine-run")))
+        print(f"engine: upstream ({UPSTREAM_THREADS} threads) ...", flush=True)
+        measured.append(("upstream", UPSTREAM_THREADS, _baseline("upstream", url, dataset, UPSTREAM_THREADS, plan)))
+    finally:
+        kill_group(proc)  # the API server and its engine core, which outlives a killed API server
+
+    bare = {c: m["ok"] / m["elapsed_s"] for client, c, m in measured if client == "bare"}
+    env = " ".join(f"{k}={v}" for k, v in KV_ENV.items())
+    rows = []
+    for client, concurrency, m in measured:
+        rps = m["ok"] / m["elapsed_s"]
+        reference = bare.get(concurrency) if concurrency is not None else max(bare.values())
+        reproduce = [f"{env} {shown(m['cmd'], work)}"] if client.startswith("vLLM") else [
+            f"{env} {shown(server_cmd, work)}", shown(m["cmd"], work)]
+        rows.append({"client": client, "concurrency": concurrency, "items": m["ok"], "max_tokens": plan.max_tokens,
+                     "completion_tokens": m["completion_tokens"], "elapsed_s": m["elapsed_s"], "rps": rps,
+                     "tokens_per_s": m["completion_tokens"] / m["elapsed_s"],
+                     "ratio_to_bare": rps / reference if reference else None,
+                     "reproduce": [r.replace(model, "$(hallurun tiny-model)") for r in reproduce]})
+    return rows
+
+
+def offline_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine offline")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--max-tokens", type=int, required=True)
+    parser.add_argument("--max-model-len", type=int, required=True)
+    parser.add_argument("--out", type=Path, help="write the JSON line here rather than to stdout")
+    args = parser.parse_args(argv)
+    from vllm import LLM, SamplingParams
+
+    prompts = load_prompts(args.dataset, None)
+    llm = LLM(model=args.model, max_model_len=args.max_model_len)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, top_p=1.0)
+    conversations = [[{"role": "user", "content": text}] for text in prompts]
+    began = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    elapsed = time.perf_counter() - began
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    line = orjson.dumps({"elapsed_s": elapsed, "ok": len(outputs), "completion_tokens": tokens}) + b"\n"
+    if args.out:
+        args.out.write_bytes(line)
+    else:
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+    os._exit(0)  # skip vLLM's slow teardown; the bench kills the process group anyway
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["offline"]:
+        sys.exit(__doc__)
+    offline_main(sys.argv[2:])
