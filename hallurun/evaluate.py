@@ -12,7 +12,6 @@ The heuristic judge (`heuristic.py`) runs in-process and has no stages.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from rich.console import Console
 
 from hallurun import __version__, heuristic, judges, manifest, runner, status
 from hallurun import stage as run_stage
+from hallurun.durable import write_atomic
 from hallurun.jsonl import JsonlError, read_objects
 from hallurun.metrics import (
     JUDGE_FAILED,
@@ -288,14 +288,6 @@ class Stages:
         return outcome.generations, outcome.failures
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
 
 # --- the three evaluations --------------------------------------------------------------------------------
 
@@ -472,7 +464,7 @@ def evaluate(run: RunInput, judge: Judge, console: Console, *, passages_path: Pa
     if run.evaluator == "longwiki":
         results["evidence"] = NO_WIKIPEDIA.format(passages=f" and the passages in {passages_path}"
                                                   if passages_path else "")
-    _write_atomic(judge_dir / JUDGMENTS, b"".join(orjson.dumps(j) + b"\n" for j in judgments))
+    write_atomic(judge_dir / JUDGMENTS, b"".join(orjson.dumps(j) + b"\n" for j in judgments))
     results["files"] = {"judgments": str(judge_dir / JUDGMENTS)}
     if run.evaluator == "precisewikiqa" and results.get("by_h_score_cat"):
         from hallurun import chart
@@ -482,9 +474,9 @@ def evaluate(run: RunInput, judge: Judge, console: Console, *, passages_path: Pa
     results["hallurun_version"] = __version__
     results["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     blob = orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    _write_atomic(judge_dir / EVAL_RESULTS, blob)
+    write_atomic(judge_dir / EVAL_RESULTS, blob)
     if primary:
-        _write_atomic(run.run_dir / EVAL_RESULTS, blob)
+        write_atomic(run.run_dir / EVAL_RESULTS, blob)
     return Evaluation(results, judgments, judge_dir)
 
 
@@ -495,6 +487,6 @@ def compare_judges(run: RunInput, a: Evaluation, b: Evaluation) -> dict[str, Any
               "judge_b": b.results["judge"], "decisions": [agreement(name, ours[name], theirs[name])
                                                            for name in ours]}
     path = run.run_dir / EVAL_DIR / f"agreement_{a.results['judge']}_vs_{b.results['judge']}.json"
-    _write_atomic(path, orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    write_atomic(path, orjson.dumps(report, option=orjson.OPT_INDENT_2))
     report["file"] = str(path)
     return report

@@ -15,7 +15,6 @@ Work folder (`<out>.work/`): `questions/` and `answerability/` (each a prompt fi
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hallurun import qgen, runner, stage
+from hallurun.durable import write_atomic
 from hallurun.jsonl import JsonlError, read_objects
 from hallurun.passages import passages
 
@@ -168,15 +168,6 @@ def _output_record(pick: Pick, qa: qgen.QA) -> dict[str, Any]:
     return {k: record[k] for k in OUTPUT_FIELDS}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
 
 def default_out(model: str, n: int, seed: int) -> Path:
     """A name that is the same for the same command, so running it again continues the same job."""
@@ -242,10 +233,10 @@ def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Sett
             tally.kept += 1
             kept.append(_output_record(pick, qa))
 
-    _write_atomic(out, b"".join(orjson.dumps(r) + b"\n" for r in kept))
+    write_atomic(out, b"".join(orjson.dumps(r) + b"\n" for r in kept))
     summary = {"documents": str(docs_path), "n": n, "seed": seed, "out": str(out), "kept": len(kept),
                "bins": {str(b): asdict(c) for b, c in sorted(counts.items())}}
-    _write_atomic(work / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(work / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     console.print(report_table(counts))
     console.print(f"kept {len(kept)} of {len(picks)} questions → {out}  (details: {work / 'summary.json'})",
                   highlight=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import orjson
 from hallurun import __version__
 from hallurun.config import RunConfig
 from hallurun.dataset import DatasetInfo
+from hallurun.durable import write_atomic
 
 MANIFEST = "manifest.json"
 
@@ -42,12 +42,7 @@ def write(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
         "dataset": {"path": str(dataset.path.resolve()), "sha256": dataset.sha256, "count": dataset.count},
         "config": config.to_json(),
     }
-    path = config.run_dir / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(config.run_dir / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return manifest
 
 

@@ -12,7 +12,6 @@ the same job again continues each stage where it stopped and never asks for an i
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from hallurun import config as run_config
 from hallurun import manifest, runner
 from hallurun.checkpoint import FAILURES, read_records
 from hallurun.dataset import DatasetError, scan
+from hallurun.durable import write_atomic
 from hallurun.tasks import Task
 
 
@@ -67,13 +67,7 @@ def write_once(path: Path, records: Iterable[dict[str, Any]], run_dir: Path) -> 
     if (run_dir / manifest.MANIFEST).exists():
         raise StageError(f"{path} holds different requests than this job would send now (other inputs, options "
                          f"or earlier replies); delete {path.parent.parent} to start over")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def _finished(cfg: run_config.RunConfig, sha256: str) -> bool:
