@@ -12,15 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
+from hallurun.jsonl import JsonlError, read_objects
 
 
-class DatasetError(Exception):
+class DatasetError(JsonlError):
     """A dataset line is unusable. The message names the file, the line and the field."""
-
-    def __init__(self, path: Path, line: int | None, message: str) -> None:
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +37,7 @@ class DatasetInfo:
     count: int
 
 
-def _parse(path: Path, line_no: int, raw: bytes, index: int) -> Item:
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise DatasetError(path, line_no, f"not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise DatasetError(path, line_no, "expected a JSON object")
+def _parse(path: Path, line_no: int, record: dict[str, Any], index: int) -> Item:
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DatasetError(path, line_no, "field 'prompt': must be a non-empty string")
@@ -57,19 +47,19 @@ def _parse(path: Path, line_no: int, raw: bytes, index: int) -> Item:
     return Item(id=str(raw_id), prompt=prompt, record=record)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if raw.strip():
-                yield line_no, raw
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        yield from read_objects(path)
+    except JsonlError as exc:
+        raise DatasetError(exc.path, exc.line, exc.message) from None
 
 
 def iter_items(path: Path, limit: int | None = None) -> Iterator[Item]:
     """Yield the dataset's items in file order; items without an `id` get their record index."""
-    for index, (line_no, raw) in enumerate(_lines(path)):
+    for index, (line_no, record) in enumerate(_records(path)):
         if limit is not None and index >= limit:
             return
-        yield _parse(path, line_no, raw, index)
+        yield _parse(path, line_no, record, index)
 
 
 def scan(path: Path, limit: int | None = None) -> DatasetInfo:
@@ -85,10 +75,10 @@ def scan(path: Path, limit: int | None = None) -> DatasetInfo:
             digest.update(block)
     seen: dict[str, int] = {}
     count = 0
-    for index, (line_no, raw) in enumerate(_lines(path)):
+    for index, (line_no, record) in enumerate(_records(path)):
         if limit is not None and index >= limit:
             break
-        item = _parse(path, line_no, raw, index)
+        item = _parse(path, line_no, record, index)
         first = seen.setdefault(item.id, line_no)
         if first != line_no:
             raise DatasetError(path, line_no, f"field 'id': {item.id!r} repeats the id on line {first}")

@@ -14,7 +14,7 @@ class JsonlError(ValueError):
 
     def __init__(self, path: Path | str, line: int | None, message: str) -> None:
         super().__init__(f"{path}:{line}: {message}" if line is not None else f"{path}: {message}")
-        self.path, self.line = path, line
+        self.path, self.line, self.message = path, line, message
 
 
 def read_objects(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
