@@ -84,9 +84,10 @@ class Client:
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, flight: Flight,
                            loop: asyncio.AbstractEventLoop) -> Completion:
-        answer = _Answer(chat=self._sampling.api == "chat")
+        answer = StreamedAnswer(chat=self._sampling.api == "chat")
         pending = b""
-        # Whole network reads, split into lines here: one await per read rather than one per SSE line.
+        # Whole network reads, split into lines here: one await per read rather than one per SSE line, and
+        # one JSON parse per read rather than one per event.
         async for chunk in resp.content.iter_any():
             now = loop.time()
             self._activity.touch(now)
@@ -94,18 +95,18 @@ class Client:
             if b"\n" not in chunk:
                 continue
             *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.startswith(b"data:"):
-                    flight.data(now)
-                    if answer.feed(line[5:].strip()):
-                        return answer.completion()
-        if pending.startswith(b"data:") and answer.feed(pending[5:].strip()):
+            payloads = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+            if payloads:
+                flight.data(now)
+                if answer.feed(payloads):
+                    return answer.completion()
+        if pending.startswith(b"data:") and answer.feed([pending[5:].strip()]):
             return answer.completion()
         raise RequestError("incomplete_stream", "stream ended before [DONE]", retryable=True)
 
 
-class _Answer:
-    """The answer being assembled from SSE data payloads."""
+class StreamedAnswer:
+    """The answer being assembled from SSE data payloads (no I/O: the client feeds it what it reads)."""
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
@@ -113,29 +114,50 @@ class _Answer:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
-    def feed(self, payload: bytes) -> bool:
-        """Take one `data:` payload; True once the stream is complete."""
-        if payload == b"[DONE]":
-            return True
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise RequestError("bad_stream", f"unparseable SSE data: {payload[:200]!r}", retryable=True) from None
-        if "error" in chunk:
-            # vLLM reports failures in-band after the HTTP 200 has gone out (and then still sends [DONE]).
-            raise RequestError("stream_error", f"in-band error: {_error_text(chunk['error'])}", retryable=True)
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            piece = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
-            if piece:
-                self.parts.append(piece)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        return False
+    def feed(self, payloads: list[bytes]) -> bool:
+        """Take consecutive `data:` payloads; True once the stream is complete (`[DONE]` was among them)."""
+        done = b"[DONE]" in payloads
+        if done:
+            payloads = payloads[:payloads.index(b"[DONE]")]
+        for chunk in _parse_all(payloads):
+            if "error" in chunk:
+                # vLLM reports failures in-band after the HTTP 200 has gone out (and then still sends [DONE]).
+                raise RequestError("stream_error", f"in-band error: {_error_text(chunk['error'])}",
+                                   retryable=True)
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
+                if piece:
+                    self.parts.append(piece)
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+        return done
 
     def completion(self) -> Completion:
         return Completion("".join(self.parts), self.finish_reason, *_usage(self.usage))
+
+
+def _parse_all(payloads: list[bytes]) -> list[dict[str, Any]]:
+    """Parse JSON payloads in one call (as one array); on failure, name the payload at fault."""
+    if not payloads:
+        return []
+    try:
+        chunks = orjson.loads(b"[" + b",".join(payloads) + b"]")
+    except orjson.JSONDecodeError:
+        chunks = None
+    if chunks is None or len(chunks) != len(payloads) or not all(isinstance(c, dict) for c in chunks):
+        # Joining can hide a payload's fault (an empty one, or `1,2` reading as two): parse each on its own.
+        chunks = []
+        for payload in payloads:
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                chunk = None
+            if not isinstance(chunk, dict):
+                raise RequestError("bad_stream", f"unparseable SSE data: {payload[:200]!r}", retryable=True)
+            chunks.append(chunk)
+    return chunks
 
 
 def _usage(usage: dict[str, Any] | None) -> tuple[int | None, int | None]:

@@ -119,7 +119,8 @@ class Supervisor:
         pgid = proc.pid  # the server leads its own session, so its pid is its group id
         _signal_group(pgid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
+            async with asyncio.timeout(STOP_GRACE_SECONDS):
+                await proc.wait()
         # Children (vLLM's engine core, workers) may outlive the leader: KILL the group regardless.
         _signal_group(pgid, signal.SIGKILL)
         await proc.wait()
@@ -153,8 +154,11 @@ class Supervisor:
         proc = self._proc
         if proc is None:
             return False
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as the
+        # process exits, and the recovery that cancelled this request would then wait for it forever.
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.shield(proc.wait())
         except TimeoutError:
             return False
         return True

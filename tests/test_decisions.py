@@ -1,10 +1,13 @@
-"""The decision logic on its own, driven without sockets: wedge verdicts, poison tracking, retry policy."""
+"""The decision logic on its own, driven without sockets: wedge verdicts, poison tracking, retry policy,
+the assembly of a streamed answer."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from tenacity import RetryCallState
 
+from hallurun.client import Completion, StreamedAnswer
 from hallurun.poison import PoisonTracker
 from hallurun.policy import RequestError, RetryPolicy, classify_status, is_retryable
 from hallurun.watchdog import Activity, Flight, inspect
@@ -102,3 +105,47 @@ def test_only_retryable_request_errors_are_retried() -> None:
     assert is_retryable(RequestError("http_500", "x", retryable=True))
     assert not is_retryable(RequestError("http_400", "x", retryable=False))
     assert not is_retryable(ValueError("bug"))
+
+
+def _chat_chunk(content: str | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:
+    choices = [] if content is None and finish is None else [{"index": 0, "delta": {"content": content},
+                                                             "finish_reason": finish}]
+    return orjson.dumps({"object": "chat.completion.chunk", "choices": choices, "usage": usage})
+
+
+def test_a_streamed_answer_is_assembled_across_reads_until_done() -> None:
+    answer = StreamedAnswer(chat=True)
+    assert answer.feed([_chat_chunk("Paris"), _chat_chunk(" is")]) is False
+    assert answer.feed([_chat_chunk(" big", finish="stop"),
+                        _chat_chunk(usage={"prompt_tokens": 7, "completion_tokens": 3}), b"[DONE]"]) is True
+    assert answer.completion() == Completion("Paris is big", "stop", 7, 3)
+
+
+def test_a_completions_stream_reads_text_not_deltas() -> None:
+    answer = StreamedAnswer(chat=False)
+    chunk = orjson.dumps({"choices": [{"index": 0, "text": "42", "finish_reason": "length"}]})
+    assert answer.feed([chunk, b"[DONE]"]) is True
+    assert answer.completion() == Completion("42", "length", None, None)
+
+
+def test_an_in_band_error_fails_the_attempt_and_may_be_retried() -> None:
+    # vLLM sends this after its 200 when the engine dies mid-request, then still sends [DONE].
+    error = orjson.dumps({"error": {"message": "EngineCore encountered an issue", "code": 500}})
+    with pytest.raises(RequestError) as caught:
+        StreamedAnswer(chat=True).feed([_chat_chunk("Par"), error, b"[DONE]"])
+    assert caught.value.reason == "stream_error" and caught.value.retryable
+    assert "EngineCore encountered an issue" in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b"", b"1,2", b"[1]", b'"text"'])
+def test_a_malformed_payload_is_named_even_among_good_ones(bad: bytes) -> None:
+    with pytest.raises(RequestError) as caught:
+        StreamedAnswer(chat=True).feed([_chat_chunk("a"), bad, _chat_chunk("b")])
+    assert caught.value.reason == "bad_stream" and caught.value.retryable
+    assert repr(bad)[:-1] in str(caught.value)
+
+
+def test_nothing_after_done_is_read() -> None:
+    answer = StreamedAnswer(chat=True)
+    assert answer.feed([_chat_chunk("yes"), b"[DONE]", b"{late garbage"]) is True
+    assert answer.completion().text == "yes"
