@@ -90,6 +90,15 @@ def events(run_dir: Path, name: str | None = None) -> list[dict[str, Any]]:
     return [e for e in read_jsonl(run_dir / "events.jsonl") if name is None or e["event"] == name]
 
 
+def run_json(cmd: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run a helper that prints one JSON line; a failure raises with the end of what it said on stderr."""
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=timeout)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{shown(cmd)} exited {done.returncode}: " + " | ".join(tail))
+    return orjson.loads(done.stdout)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -31,7 +31,18 @@ from typing import Any
 import orjson
 
 from bench.baselines import UPSTREAM_THREADS, load_prompts
-from bench.common import PYTHON, REPO, free_port, healthy, kill_group, read_jsonl, run_hallurun, shown, write_dataset
+from bench.common import (
+    PYTHON,
+    REPO,
+    free_port,
+    healthy,
+    kill_group,
+    read_jsonl,
+    run_hallurun,
+    run_json,
+    shown,
+    write_dataset,
+)
 
 SERVED = "tiny"
 KV_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -88,8 +99,7 @@ def _baseline(client: str, url: str, dataset: Path, concurrency: int, plan: Engi
            "--concurrency", str(concurrency), "--model", SERVED, "--max-tokens", str(plan.max_tokens)]
     if limit is not None:
         cmd += ["--limit", str(limit)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=plan.timeout_s, check=True)
-    result = orjson.loads(done.stdout)
+    result = run_json(cmd, plan.timeout_s)
     if result["errors"]:
         raise RuntimeError(f"{shown(cmd)}: {result['errors']} requests failed")
     return {**result, "cmd": cmd}

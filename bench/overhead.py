@@ -10,15 +10,12 @@ Clients take turns within each repetition so that the machine's noise falls on a
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.baselines import UPSTREAM_THREADS
-from bench.common import MODEL, PYTHON, REPO, median, mock_server, run_hallurun, shown, write_dataset
+from bench.common import MODEL, PYTHON, median, mock_server, run_hallurun, run_json, shown, write_dataset
 
 
 @dataclass(frozen=True)
@@ -49,8 +46,7 @@ def _baseline(client: str, url: str, dataset: Path, concurrency: int, limit: int
            "--concurrency", str(concurrency)]
     if limit is not None:
         cmd += ["--limit", str(limit)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=timeout, check=True)
-    result = orjson.loads(done.stdout)
+    result = run_json(cmd, timeout)
     if result["errors"]:
         raise RuntimeError(f"{shown(cmd)}: {result['errors']} requests failed")
     return Measure(result["ok"] / result["elapsed_s"], result["cpu_s"] / result["ok"] * 1e6, cmd)

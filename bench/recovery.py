@@ -15,17 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.common import (
     MODEL,
     PYTHON,
-    REPO,
     count_wedges,
     exactly_once,
     free_port,
     read_jsonl,
     run_hallurun,
+    run_json,
     shown,
     write_dataset,
 )
@@ -112,8 +110,7 @@ def hallulens_side(work: Path, name: str, dataset: Path, ids: list[str], faults:
         cmd = [PYTHON, "-m", "bench.hallulens", "--url", server.url, "--dataset", str(dataset), "--out", str(out),
                "--scale", _num(scale)]
         try:
-            done = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=timeout, check=True)
-            counters = orjson.loads(done.stdout)
+            counters = run_json(cmd, timeout)
             finished = True
         except subprocess.TimeoutExpired:
             counters, finished = {"elapsed_s": float("nan")}, False  # upstream writes at the end: nothing saved
