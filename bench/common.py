@@ -133,19 +133,39 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[Any] | None = 
 
 
 @contextlib.contextmanager
-def mock_server(args: Sequence[str], log: Path) -> Iterator[str]:
-    """A loud mock server (own session, so its whole group can be killed) for the duration; yields its URL."""
+def mock_server(args: Sequence[str], log: Path, cpus: set[int] | None = None) -> Iterator[str]:
+    """A loud mock server (own session, so its whole group can be killed) for the duration; yields its URL.
+    With `cpus`, the server runs on those cores only."""
     port = free_port()
     cmd = [PYTHON, "-m", "bench.loud_mock", "--port", str(port), "--model", MODEL, *args]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, 30, proc)
         yield url
     finally:
         kill_group(proc)
+
+
+@contextlib.contextmanager
+def cores_apart() -> Iterator[set[int] | None]:
+    """Yield cores for a server and pin this process (and every client it starts meanwhile) to the others, so
+    that a client and the server it measures never share a core: on a machine of two, the scheduler otherwise
+    now and then puts both on one, and a run halves its rate by chance. None on a single core."""
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        yield None
+        return
+    server = {max(mine)}
+    os.sched_setaffinity(0, mine - server)
+    try:
+        yield server
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 # -- hallurun as a user runs it -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ hallurun as users run it (checkpoint, live display and streaming on), and from H
 hallurun talks to the bench's server through `--server-url`, so all clients hit the same process, and its time
 is its request phase (first `server_started` event to the last write of `results.jsonl`): interpreter start,
 dataset scan and the final `generation.jsonl` are left out, as the baselines' timers leave out their own start.
-Clients take turns within each repetition so that the machine's noise falls on all of them alike.
+Clients take turns within each repetition so that the machine's noise falls on all of them alike, and the server
+runs on a core of its own, apart from the client measured (`common.cores_apart`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines import UPSTREAM_THREADS
-from bench.common import MODEL, PYTHON, median, mock_server, run_hallurun, run_json, shown, write_dataset
+from bench.common import MODEL, PYTHON, cores_apart, median, mock_server, run_hallurun, run_json, shown, write_dataset
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def overhead(plan: OverheadPlan, work: Path) -> list[dict[str, Any]]:
     """Rows per (latency, concurrency, client): median requests/s and the median ratio to the bare loop."""
     rows: list[dict[str, Any]] = []
     for latency in plan.latencies:
-        with mock_server(["--latency", f"{latency:g}"], work / "overhead-server.log") as url:
+        with cores_apart() as server_cpus, \
+                mock_server(["--latency", f"{latency:g}"], work / "overhead-server.log", server_cpus) as url:
             upstream: list[Measure] = []
             for concurrency in plan.concurrencies:
                 items = int(plan.items_for(latency, concurrency))

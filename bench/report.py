@@ -83,8 +83,8 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
     "engine": ("5. Real engine: vLLM (CPU) serving the tiny random Llama, the same prompts from every client", [
         col("client", "client"), col("concurrency", "concurrency"), col("requests", "items", "{:,}"),
         col("max tokens", "max_tokens"), col("tokens generated", "completion_tokens", "{:,}"),
-        col("s", "elapsed_s", "{:.1f}"), col("req/s", "rps", "{:,.1f}"), col("tokens/s", "tokens_per_s", "{:,.0f}"),
-        col("× bare loop", "ratio_to_bare", "{:.2f}"),
+        col("s (median)", "elapsed_s", "{:.1f}"), col("req/s (median)", "rps", "{:,.1f}"),
+        col("tokens/s", "tokens_per_s", "{:,.0f}"), col("× bare loop", "ratio_to_bare", "{:.2f}"), col("reps", "reps"),
     ]),
 }
 

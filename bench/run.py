@@ -48,7 +48,7 @@ QUICK: dict[str, Section] = {
     "recovery": lambda work: recovery(RecoveryPlan(items=500, wedge_every=300), work),
     "poison": lambda work: poison(PoisonPlan(items=150, poison_at=70), work),
     "scale": lambda work: scale(ScalePlan(items=20_000, resume_lines=100_000), work),
-    "engine": lambda work: engine(EnginePlan(items=200), work),  # only with --section engine: see QUICK_SKIPS
+    "engine": lambda work: engine(EnginePlan(items=200, reps=1), work),  # only with --section engine: see QUICK_SKIPS
 }
 # Left out of a plain `--quick` run (two cold starts of real vLLM take over a minute here); `--quick --section
 # engine` runs it small.

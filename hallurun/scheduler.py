@@ -127,7 +127,7 @@ class Scheduler:
             if self._gate.is_set():
                 job, solo = self._next_job()
                 if job is not None:
-                    await self._run_job(job, self._board(job, solo))
+                    await self._run_job(job, self._board(job, solo, me))
                     continue
                 if self._all_settled():
                     self._finished.set()
@@ -164,15 +164,13 @@ class Scheduler:
             self._items_left = False
         return None
 
-    def _board(self, job: Job, solo: bool) -> Flight:
-        """Register `job` as in flight on the current worker; its Flight is what the watchdog reads."""
+    def _board(self, job: Job, solo: bool, worker: asyncio.Task[None]) -> Flight:
+        """Register `job` as in flight on `worker`; its Flight is what the watchdog reads."""
         now = asyncio.get_running_loop().time()
         if not self._running:
             self.activity.touch(now)  # the silence clock starts when we start waiting on the server
         flight = Flight(job.item.id, started=now, solo=solo)
-        task = asyncio.current_task()
-        assert task is not None
-        self._running[job.item.id] = _Running(job, flight, task)
+        self._running[job.item.id] = _Running(job, flight, worker)
         self._solo_in_flight += solo
         self.stats.in_flight = len(self._running)
         return flight
