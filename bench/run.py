@@ -45,8 +45,9 @@ FULL: dict[str, Section] = {
 }
 QUICK: dict[str, Section] = {
     "overhead": lambda work: overhead(OverheadPlan(items=5_000, seconds=1.5, upstream_items=120, reps=2), work),
-    "recovery": lambda work: recovery(RecoveryPlan(items=500, wedge_every=300), work),
-    "poison": lambda work: poison(PoisonPlan(items=150, poison_at=70), work),
+    # Every timeout divided by 20 rather than 10: HalluLens' protocol waits out its timeouts, which set the pace.
+    "recovery": lambda work: recovery(RecoveryPlan(items=500, wedge_every=300, scale=20), work),
+    "poison": lambda work: poison(PoisonPlan(items=150, poison_at=70, scale=20), work),
     "scale": lambda work: scale(ScalePlan(items=20_000, resume_lines=100_000), work),
     "engine": lambda work: engine(EnginePlan(items=200, reps=1), work),  # only with --section engine: see QUICK_SKIPS
 }

@@ -7,7 +7,9 @@ again) and can tear at most the last line, which `repair` cuts off on the next o
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,7 @@ class Checkpoint:
             self.failed.pop(item_id, None)
         self.results = JsonlLog(run_dir / RESULTS)
         self.failures = JsonlLog(run_dir / FAILURES)
+        self._writing = threading.Lock()  # one writer at a time: a thread's batch, then any flush after it
 
     def forget_failures(self) -> list[str]:
         """Drop every recorded failure so the items run again (`resume --retry-failed`).
@@ -163,9 +166,32 @@ class Checkpoint:
         return self.results.pending + self.failures.pending
 
     def flush(self) -> None:
-        self.results.flush()
-        self.failures.flush()
+        """Write and fsync what is pending, after any batch still being written by `flush_in_thread`."""
+        with self._writing:
+            self.results.flush()
+            self.failures.flush()
+
+    async def flush_in_thread(self) -> None:
+        """Write what is pending from a worker thread: an fsync can take tens of milliseconds on a busy disk,
+        and the event loop must go on reading streams meanwhile."""
+        batches = [(log, log.take()) for log in (self.results, self.failures) if log.pending]
+        if not batches:
+            return
+        # Taken here and released by the thread when its batch is on disk, even if this coroutine is cancelled
+        # meanwhile: so a `flush` or `close` that follows always finds the earlier batch written.
+        self._writing.acquire()
+
+        def write() -> None:
+            try:
+                for log, data in batches:
+                    log.write(data)
+            finally:
+                self._writing.release()
+
+        # Shielded: cancelling a write still queued for its thread would drop it, and the lock with it.
+        await asyncio.shield(asyncio.to_thread(write))
 
     def close(self) -> None:
-        self.results.close()
-        self.failures.close()
+        with self._writing:
+            self.results.close()
+            self.failures.close()

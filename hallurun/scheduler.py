@@ -10,6 +10,7 @@ restarts the server once and replaces the workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class Scheduler:
         self._changed = asyncio.Event()  # something an idle worker waits on has changed
         self._trouble = asyncio.Event()  # an item saw the server process gone
         self._finished = asyncio.Event()  # every item settled, or a fatal error
+        self._flush_soon = asyncio.Event()  # a checkpoint batch is full
         self._fatal: Exception | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._workers: set[asyncio.Task[None]] = set()
@@ -270,14 +272,18 @@ class Scheduler:
 
     def _maybe_flush(self) -> None:
         if self.checkpoint.pending >= FLUSH_BATCH:
-            self.checkpoint.flush()
+            self._flush_soon.set()
 
     # -- monitoring and recovery -----------------------------------------------------------------------
 
     async def _flusher(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)  # a timer is the event: batches are cut by time
-            self.checkpoint.flush()
+            # Batches are cut by time, or sooner by size.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_INTERVAL):
+                    await self._flush_soon.wait()
+            self._flush_soon.clear()
+            await self.checkpoint.flush_in_thread()
 
     async def _monitor(self) -> None:
         loop = asyncio.get_running_loop()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -37,6 +40,36 @@ def test_checkpoint_records_each_id_once_and_survives_reopening(tmp_path: Path) 
     assert reopened.done == {"a"} and reopened.failed == {"b": "http_400"}
     assert reopened.is_settled("a") and reopened.is_settled("b") and not reopened.is_settled("c")
     reopened.close()
+
+
+def test_a_flush_after_a_cancelled_threaded_flush_finds_its_batch_written(tmp_path: Path) -> None:
+    # The run's flusher writes from a thread and may be cancelled at the end of a run before that thread has
+    # even started; the final flush must neither lose its batch nor overtake it.
+    checkpoint = Checkpoint(tmp_path)
+    for i in range(2000):
+        checkpoint.add_result({"id": f"a{i}", "generation": "x" * 200})
+
+    async def cancelled_flush() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        gate = threading.Event()
+        blocker = loop.run_in_executor(None, gate.wait)  # holds the only thread: the batch's write must queue
+        task = asyncio.create_task(checkpoint.flush_in_thread())
+        await asyncio.sleep(0)  # it takes its batch and queues the write
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Let the queued write run a little later, from another thread: the flush below must wait for it.
+        threading.Timer(0.2, gate.set).start()
+        checkpoint.add_result({"id": "last", "generation": "y"})
+        checkpoint.flush()
+        await blocker
+
+    asyncio.run(cancelled_flush())
+    checkpoint.close()
+    ids = [r["id"] for r in read_records(tmp_path / "results.jsonl")]
+    assert sorted(ids) == sorted([f"a{i}" for i in range(2000)] + ["last"])
+    assert ids[-1] == "last"
 
 
 def test_retrying_failures_keeps_their_history(tmp_path: Path) -> None:
