@@ -5,9 +5,10 @@
 - `upstream`: HalluLens' own way (`utils/lm.py`): a new OpenAI SDK client for every request, 64 threads.
 
 `python -m bench.baselines bare|upstream --url URL --dataset FILE [--concurrency C] [--limit N]` prints one JSON
-line: {"elapsed_s", "cpu_s", "ok", "errors", "completion_tokens"}, timed from the first request to the last answer
-(cpu_s: this process's CPU time, all threads, over the same span). `--model` and `--max-tokens` (defaults: the
-mock's `mock` and 256) let the engine section aim the same clients at a real vLLM server.
+line: {"elapsed_s", "cpu_s", "ok", "errors", "completion_tokens"} (and "reconnects" for `bare`), timed from the
+first request to the last answer (cpu_s: this process's CPU time, all threads, over the same span). `--model` and
+`--max-tokens` (defaults: the mock's `mock` and 256) let the engine section aim the same clients at a real vLLM
+server.
 """
 
 from __future__ import annotations
@@ -50,16 +51,26 @@ async def bare(url: str, prompts: list[str], concurrency: int, model: str = MODE
     last chunk, the count of tokens generated, so that runs that stop early on an end-of-sequence show it)."""
     endpoint = url + "/v1/chat/completions"
     headers = {"Content-Type": "application/json"}
-    counts = {"ok": 0, "errors": 0, "completion_tokens": 0}
+    counts = {"ok": 0, "errors": 0, "completion_tokens": 0, "reconnects": 0}
     pending = iter(prompts)
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for text in pending:  # shared: each worker takes the next prompt when its last one is answered
-            async with session.post(endpoint, data=stream_body(text, model, max_tokens), headers=headers) as resp:
-                body = await resp.read()
-                counts["ok" if resp.status == 200 else "errors"] += 1
-                found = _COMPLETION_TOKENS.search(body, max(0, len(body) - 512))  # the usage chunk comes last
-                counts["completion_tokens"] += int(found[1]) if found else 0
+            for attempt in range(3):
+                try:
+                    async with session.post(endpoint, data=stream_body(text, model, max_tokens),
+                                            headers=headers) as resp:
+                        body = await resp.read()
+                    break
+                except aiohttp.ServerDisconnectedError:
+                    # A kept-alive connection the server closed as it was reused (seen with vLLM's uvicorn under
+                    # load): any HTTP client retries that on a new connection, as hallurun does.
+                    counts["reconnects"] += 1
+                    if attempt == 2:
+                        raise
+            counts["ok" if resp.status == 200 else "errors"] += 1
+            found = _COMPLETION_TOKENS.search(body, max(0, len(body) - 512))  # the usage chunk comes last
+            counts["completion_tokens"] += int(found[1]) if found else 0
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:

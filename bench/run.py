@@ -111,6 +111,8 @@ def main(argv: list[str]) -> int:
             results["section_runs"][name] = {"command": command, "started": started,
                                              "machine": results["machine"]}
             print_tables({"sections": {name: results["sections"][name]}}, console)
+            # Saved section by section, so that a later section's failure does not lose the earlier ones.
+            out.write_bytes(orjson.dumps(merged(out, results, partial=True), option=orjson.OPT_INDENT_2) + b"\n")
     finally:
         if args.keep:
             console.print(f"work folder kept: {work}")
