@@ -7,6 +7,7 @@ and turns each way a request can fail into a `RequestError` with a reason, leavi
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,14 +94,19 @@ class Client:
             self._activity.touch(now)
             flight.data(now)
             reads.append(chunk)
-            if b"[DONE]" in chunk:
-                break  # the end of the stream; a marker split across two reads is found at EOF instead
+            # Stop at the end marker, a line of its own (an answer may well contain the text "[DONE]"); one split
+            # across more than two reads is found at the end of the body instead.
+            if b"[DONE]" in chunk and _DONE_LINE.search(b"".join(reads[-2:])):
+                break
         body = b"".join(reads)
         payloads = [line[5:].strip() for line in body.split(b"\n") if line.startswith(b"data:")]
         answer = StreamedAnswer(chat=self._sampling.api == "chat")
         if answer.feed(payloads):
             return answer.completion()
         raise RequestError("incomplete_stream", "stream ended before [DONE]", retryable=True)
+
+
+_DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)
 
 
 class StreamedAnswer:

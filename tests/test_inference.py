@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.conftest import Hallurun, events, read_jsonl, server_processes, wait_until, write_dataset
 
@@ -76,6 +77,23 @@ def test_wedges_cost_exactly_one_restart_each_at_concurrency_64(hallurun: Hallur
     assert {r["cause"] for r in restarts} == {"wedge"}
     # In-flight items went back without losing an attempt.
     assert all(r["attempts"] == 1 for r in read_jsonl(run_dir / "results.jsonl"))
+
+
+@pytest.mark.parametrize("paced", [False, True], ids=["one-write", "token-by-token"])
+def test_an_answer_that_contains_the_end_marker_is_read_whole(hallurun: Hallurun, tmp_path: Path,
+                                                               paced: bool) -> None:
+    # The stream ends at a `data: [DONE]` line, not wherever the text "[DONE]" appears in an answer.
+    answer = "Streams end with data: [DONE] after the last chunk.\ndata: [DONE]\n\nThat is all. [DONE]"
+    script = tmp_path / "script.jsonl"
+    script.write_bytes(orjson.dumps({"match": "SSE", "response": answer}) + b"\n")
+    ids = write_dataset(tmp_path / "data.jsonl", 6, prompt=lambda i: f"How does SSE end? ({i})")
+    run_dir = tmp_path / "run"
+    pacing = ("--token-rate", "200") if paced else ()
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, server_args=("--script", str(script), *pacing))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    for result in read_jsonl(run_dir / "results.jsonl"):
+        assert result["generation"] == answer and result["attempts"] == 1
 
 
 def test_crashed_server_is_relaunched_at_once(hallurun: Hallurun, tmp_path: Path) -> None:
