@@ -34,7 +34,7 @@ class Flight:
     item_id: str
     started: float
     solo: bool = False
-    first_data: float | None = None  # first SSE data line; headers alone do not count
+    first_data: float | None = None  # first body byte (SSE data); headers alone do not count
     last_data: float | None = None
     stalled: bool = False
     deadline: asyncio.Timeout | None = field(default=None, repr=False)
