@@ -51,11 +51,12 @@ async def bare(url: str, prompts: list[str], concurrency: int, model: str = MODE
     last chunk, the count of tokens generated, so that runs that stop early on an end-of-sequence show it)."""
     endpoint = url + "/v1/chat/completions"
     headers = {"Content-Type": "application/json"}
-    counts = {"ok": 0, "errors": 0, "completion_tokens": 0, "reconnects": 0}
+    counts: dict[str, float] = {"ok": 0, "errors": 0, "completion_tokens": 0, "reconnects": 0, "latency_s_sum": 0.0}
     pending = iter(prompts)
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for text in pending:  # shared: each worker takes the next prompt when its last one is answered
+            sent = time.perf_counter()
             for attempt in range(3):
                 try:
                     async with session.post(endpoint, data=stream_body(text, model, max_tokens),
@@ -68,6 +69,7 @@ async def bare(url: str, prompts: list[str], concurrency: int, model: str = MODE
                     counts["reconnects"] += 1
                     if attempt == 2:
                         raise
+            counts["latency_s_sum"] += time.perf_counter() - sent  # with elapsed_s: the mean number in flight
             counts["ok" if resp.status == 200 else "errors"] += 1
             found = _COMPLETION_TOKENS.search(body, max(0, len(body) - 512))  # the usage chunk comes last
             counts["completion_tokens"] += int(found[1]) if found else 0

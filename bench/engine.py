@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,14 @@ def _hallurun(url: str, dataset: Path, concurrency: int, plan: EnginePlan, run_d
     if failures or len(results) != plan.items:
         raise RuntimeError(f"{run_dir}: {len(results)} results and {len(failures)} failures of {plan.items} items")
     return {"elapsed_s": run.request_phase_s, "ok": len(results),
-            "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results), "cmd": run.cmd}
+            "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results),
+            "latency_s_sum": sum(r["latency_s"] for r in results), "cmd": run.cmd}
+
+
+def _median_of(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> float | None:
+    """The median of `value` over the runs that measured what it needs (offline and upstream runs do not)."""
+    values = [value(run) for run in runs if "latency_s_sum" in run]
+    return median(values) if values else None
 
 
 def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
@@ -190,6 +198,10 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
                      "elapsed_s": median([x["elapsed_s"] for x in ms]), "rps": median(rates), "rps_all": rates,
                      "tokens_per_s": median([x["completion_tokens"] / x["elapsed_s"] for x in ms]),
                      "ratio_to_bare": ratio,
+                     # Little's law: a client that keeps its requests in flight shows ~concurrency here, so a lower
+                     # rate with the same figure is the engine answering slower, not the client sending less.
+                     "mean_in_flight": _median_of(ms, lambda x: x["latency_s_sum"] / x["elapsed_s"]),
+                     "mean_latency_ms": _median_of(ms, lambda x: x["latency_s_sum"] / x["ok"] * 1000),
                      "reproduce": [r.replace(model, "$(hallurun tiny-model)") for r in reproduce]})
     return rows
 
