@@ -188,7 +188,7 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
             # Repetition i of each client ran back to back, so their ratio is taken pairwise before the median.
             ratio = median([r / b for r, b in zip(rates, bare[concurrency], strict=True)])
         else:  # offline and upstream: one run, against the best bare loop of the same concurrency or any
-            reference = median(bare.get(concurrency) or [max(median(v) for v in bare.values())])
+            reference = median(bare[concurrency]) if concurrency in bare else max(median(v) for v in bare.values())
             ratio = median(rates) / reference
         m = ms[0]
         reproduce = [f"{env} {shown(m['cmd'], work)}"] if client.startswith("vLLM") else [

@@ -140,9 +140,8 @@ class Scheduler:
         return not self._running and not self._front and not self._solo and not self._items_left
 
     def _next_job(self) -> tuple[Job | None, bool]:
-        """The next job to send, if one may go now, and whether it must run alone."""
-        if len(self._running) >= self.config.concurrency:
-            return None, False
+        """The next job to send, if one may go now, and whether it must run alone. (The concurrency cap is the
+        size of the worker pool: a worker asking holds no job.)"""
         if self._solo_in_flight:
             return None, False
         if self._solo:
