@@ -7,6 +7,7 @@ and turns each way a request can fail into a `RequestError` with a reason, leavi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,7 @@ class Client:
             # Stop at the end marker, a line of its own (an answer may well contain the text "[DONE]"); one split
             # across more than two reads is found at the end of the body instead.
             if b"[DONE]" in chunk and _DONE_LINE.search(b"".join(reads[-2:])):
+                await _drain(resp.content)
                 break
         body = b"".join(reads)
         payloads = [line[5:].strip() for line in body.split(b"\n") if line.startswith(b"data:")]
@@ -107,6 +109,19 @@ class Client:
 
 
 _DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)
+# How long to wait, after [DONE], for the end of the body: it follows at once from a well-behaved server.
+_DRAIN_S = 1.0
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read what follows the `[DONE]` line (the chunked body's last, empty chunk), so the connection goes back to
+    the pool. aiohttp closes a connection released before the end of its body, and against vLLM that was every
+    other request: a new connection each time, which the server pays for. The answer is complete already, so a
+    server that never ends the body, or breaks the connection, costs at most `_DRAIN_S` and the connection."""
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_S):
+            while not content.at_eof():
+                await content.readany()
 
 
 class StreamedAnswer:

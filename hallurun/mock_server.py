@@ -346,7 +346,8 @@ class MockServer:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def stream(self, request: web.Request, job: Job, broken: bool) -> web.StreamResponse:
-        """Server-sent events, paced at token_rate or all in one write; never a byte more once wedged."""
+        """Server-sent events, paced at token_rate or all in one write; never a byte more once wedged. As from
+        vLLM (uvicorn), the body's closing empty chunk is a write of its own, after `[DONE]`."""
         opening, events, closing = _events(job, broken)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         try:
@@ -354,8 +355,9 @@ class MockServer:
             if self.config.token_rate <= 0:
                 await self.stop_if_wedged()
                 # One write for the lot: this path serves throughput benchmarks.
-                await response.write_eof(b"".join([opening, *events, closing]))
+                await response.write(b"".join([opening, *events, closing]))
                 self.generation_tokens_total += len(events)
+                await response.write_eof()
                 return response
             await response.write(opening)
             for event in events:
@@ -364,7 +366,11 @@ class MockServer:
                 await response.write(event)
                 self.generation_tokens_total += 1
             await self.stop_if_wedged()
-            await response.write_eof(closing)
+            await response.write(closing)
+            # vLLM's server ends the body a moment after [DONE], so a client often reads the two apart: paced here
+            # like a token, so that clients meet that case every time.
+            await asyncio.sleep(1 / self.config.token_rate)
+            await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away mid-stream, as clients cutting a stalled stream do
         return response

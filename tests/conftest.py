@@ -1,14 +1,19 @@
-"""Shared helpers: run hallurun as a real subprocess, write datasets, find a run's server processes."""
+"""Shared helpers: run hallurun as a real subprocess, start the mock server, write datasets, find a run's server
+processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+MOCK_STARTUP_DEADLINE = 15.0
 
 
 def write_dataset(path: Path, n: int, *, prefix: str = "item", extra: Callable[[int], dict[str, Any]] | None = None,
@@ -67,6 +73,63 @@ def server_processes(run_dir: Path) -> list[int]:
         if ours and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+@dataclass
+class MockServer:
+    """A `hallurun mock-server` process on its own port."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    stdout: Path
+    stderr: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def mock_command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "hallurun", "mock-server", "--port", str(port), *args]
+
+
+def mock_health(url: str) -> int | None:
+    """The status `/health` answers, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            return resp.status
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def start_mock(directory: Path, *args: str) -> MockServer:
+    """Start a mock server with these CLI arguments and return once its `/health` answers 200."""
+    port = free_port()
+    stdout, stderr = directory / f"mock-{port}.out", directory / f"mock-{port}.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(mock_command(port, *args), stdout=out, stderr=err)
+    server = MockServer(proc, port, stdout, stderr)
+    deadline = time.monotonic() + MOCK_STARTUP_DEADLINE
+    while mock_health(server.url) != 200:
+        if proc.poll() is not None:
+            raise AssertionError(f"mock server exited with {proc.returncode}: {stderr.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"mock server not healthy after {MOCK_STARTUP_DEADLINE}s: {stderr.read_text()}")
+        time.sleep(0.05)  # polling /health is the only readiness signal a server gives
+    return server
+
+
+def stop_mock(server: MockServer) -> None:
+    if server.proc.poll() is None:
+        server.proc.kill()
+    server.proc.wait(timeout=10)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,86 +18,33 @@ from click.testing import CliRunner
 
 from hallurun.cli import main
 from hallurun.mock_server import Fault, parse_fault
+from tests.conftest import MockServer, free_port, mock_command, mock_health, start_mock, stop_mock
 
-STARTUP_DEADLINE = 15.0
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 HELLO = {"model": "test-model", "messages": [{"role": "user", "content": "Who was Ada Lovelace?"}], "seed": 7}
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    stdout: Path
-    stderr: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _command(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "hallurun", "mock-server", "--port", str(port), *args]
-
-
-def _health(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-            return resp.status
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def _start(directory: Path, *args: str) -> Server:
-    port = _free_port()
-    stdout, stderr = directory / f"mock-{port}.out", directory / f"mock-{port}.err"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(_command(port, *args), stdout=out, stderr=err)
-    server = Server(proc, port, stdout, stderr)
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    while _health(server.url) != 200:
-        if proc.poll() is not None:
-            raise AssertionError(f"mock server exited with {proc.returncode}: {stderr.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"mock server not healthy after {STARTUP_DEADLINE}s: {stderr.read_text()}")
-        time.sleep(0.05)  # polling /health is the only readiness signal a server gives
-    return server
-
-
-def _stop(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.kill()
-    server.proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockServer]:
     """A well-behaved server shared by the tests that inject no faults."""
-    started = _start(tmp_path_factory.mktemp("mock"), "--model", "test-model", "--max-model-len", "64")
+    started = start_mock(tmp_path_factory.mktemp("mock"), "--model", "test-model", "--max-model-len", "64")
     yield started
-    _stop(started)
+    stop_mock(started)
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def launch(tmp_path: Path) -> Iterator[Callable[..., MockServer]]:
     """Start a server with the given CLI arguments; every one started is killed at the end of the test."""
-    started: list[Server] = []
+    started: list[MockServer] = []
 
-    def start(*args: str) -> Server:
-        started.append(_start(tmp_path, *args))
+    def start(*args: str) -> MockServer:
+        started.append(start_mock(tmp_path, *args))
         return started[-1]
 
     yield start
     for each in started:
-        _stop(each)
+        stop_mock(each)
 
 
 async def _post(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any, bytes]:
@@ -147,7 +91,7 @@ def error_type(body: bytes) -> str:
 # --- behaving like vLLM ---------------------------------------------------------------------------------------
 
 
-def test_streaming_chat_has_role_tokens_usage_done_and_is_deterministic(server: Server) -> None:
+def test_streaming_chat_has_role_tokens_usage_done_and_is_deterministic(server: MockServer) -> None:
     request = {**HELLO, "stream": True, "stream_options": {"include_usage": True}}
     texts = []
     for _ in range(2):
@@ -170,7 +114,7 @@ def test_streaming_chat_has_role_tokens_usage_done_and_is_deterministic(server: 
     assert not texts[0].startswith(" ")
 
 
-def test_non_streaming_chat_matches_the_stream_and_honours_max_tokens(server: Server) -> None:
+def test_non_streaming_chat_matches_the_stream_and_honours_max_tokens(server: MockServer) -> None:
     status, _, body = post(server.url + CHAT, HELLO)
     assert status == 200
     reply = orjson.loads(body)
@@ -192,7 +136,7 @@ def test_non_streaming_chat_matches_the_stream_and_honours_max_tokens(server: Se
     assert capped_reply["usage"]["completion_tokens"] == 2
 
 
-def test_completions_endpoint_plain_and_streamed(server: Server) -> None:
+def test_completions_endpoint_plain_and_streamed(server: MockServer) -> None:
     request = {"model": "test-model", "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0}
     status, _, body = post(server.url + COMPLETIONS, request)
     assert status == 200
@@ -209,7 +153,7 @@ def test_completions_endpoint_plain_and_streamed(server: Server) -> None:
     assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == choice["text"]
 
 
-def test_rejections_use_vllm_error_shape(server: Server) -> None:
+def test_rejections_use_vllm_error_shape(server: MockServer) -> None:
     status, _, body = post(server.url + CHAT, {**HELLO, "max_tokens": 60})
     assert status == 400
     error = orjson.loads(body)["error"]
@@ -226,7 +170,7 @@ def test_rejections_use_vllm_error_shape(server: Server) -> None:
     assert (status, error_type(body)) == (400, "BadRequestError")
 
 
-def test_models_and_metrics(server: Server) -> None:
+def test_models_and_metrics(server: MockServer) -> None:
     status, body = get(server.url + "/v1/models")
     assert status == 200
     models = orjson.loads(body)
@@ -244,14 +188,14 @@ def test_models_and_metrics(server: Server) -> None:
     assert float(generated.split()[-1]) > 0
 
 
-def test_latency_delays_the_response(launch: Callable[..., Server]) -> None:
+def test_latency_delays_the_response(launch: Callable[..., MockServer]) -> None:
     server = launch("--latency", "0.3")
     started = time.monotonic()
     assert post(server.url + CHAT, HELLO)[0] == 200
     assert time.monotonic() - started >= 0.3
 
 
-def test_listening_line_names_the_faults(launch: Callable[..., Server]) -> None:
+def test_listening_line_names_the_faults(launch: Callable[..., MockServer]) -> None:
     server = launch("--fault", "error-rate:0", "--fault", "poison:zzz")
     line = server.stdout.read_text()
     assert f"listening on http://127.0.0.1:{server.port}" in line
@@ -261,19 +205,19 @@ def test_listening_line_names_the_faults(launch: Callable[..., Server]) -> None:
 # --- faults ---------------------------------------------------------------------------------------------------
 
 
-def test_hang_after_wedges_generation_but_not_health(launch: Callable[..., Server]) -> None:
+def test_hang_after_wedges_generation_but_not_health(launch: Callable[..., MockServer]) -> None:
     server = launch("--fault", "hang-after:2")
     for _ in range(2):
         assert post(server.url + CHAT, {**HELLO, "stream": True})[0] == 200
 
     assert asyncio.run(raw_post(server.port, CHAT, {**HELLO, "stream": True}, wait=1.0)) is None
     assert asyncio.run(raw_post(server.port, COMPLETIONS, {"prompt": "hi"}, wait=0.5)) is None
-    assert _health(server.url) == 200
+    assert mock_health(server.url) == 200
     assert get(server.url + "/v1/models")[0] == 200
     assert 'vllm:num_requests_running{model_name="mock"} 2.0' in get(server.url + "/metrics")[1].decode()
 
 
-def test_poison_wedges_everything_including_a_running_stream(launch: Callable[..., Server]) -> None:
+def test_poison_wedges_everything_including_a_running_stream(launch: Callable[..., MockServer]) -> None:
     server = launch("--token-rate", "5", "--fault", "poison:XYZ")
 
     async def scenario() -> tuple[bytes, bytes, bytes | None, bytes | None]:
@@ -300,10 +244,10 @@ def test_poison_wedges_everything_including_a_running_stream(launch: Callable[..
     assert rest.count(b"data: ") <= 1
     assert b"[DONE]" not in rest
     assert (poison, bystander) == (None, None)
-    assert _health(server.url) == 200
+    assert mock_health(server.url) == 200
 
 
-def test_crash_after_exits_with_1(launch: Callable[..., Server]) -> None:
+def test_crash_after_exits_with_1(launch: Callable[..., MockServer]) -> None:
     server = launch("--fault", "crash-after:1")
     assert post(server.url + CHAT, HELLO)[0] == 200
     assert asyncio.run(raw_post(server.port, CHAT, HELLO, wait=10)) == b""  # hung up without a word
@@ -311,20 +255,20 @@ def test_crash_after_exits_with_1(launch: Callable[..., Server]) -> None:
     assert "crash-after" in server.stderr.read_text()
 
 
-def test_error_rate_1_answers_500(launch: Callable[..., Server]) -> None:
+def test_error_rate_1_answers_500(launch: Callable[..., MockServer]) -> None:
     server = launch("--fault", "error-rate:1")
     status, _, body = post(server.url + CHAT, {**HELLO, "stream": True})
     assert (status, error_type(body)) == (500, "InternalServerError")
 
 
-def test_rate_limit_1_answers_429_with_retry_after(launch: Callable[..., Server]) -> None:
+def test_rate_limit_1_answers_429_with_retry_after(launch: Callable[..., MockServer]) -> None:
     server = launch("--fault", "rate-limit:1")
     status, headers, body = post(server.url + COMPLETIONS, {"prompt": "hi"})
     assert (status, error_type(body)) == (429, "RateLimitError")
     assert headers["Retry-After"] == "1"
 
 
-def test_stream_error_rate_breaks_streams_in_band(launch: Callable[..., Server]) -> None:
+def test_stream_error_rate_breaks_streams_in_band(launch: Callable[..., MockServer]) -> None:
     server = launch("--fault", "stream-error-rate:1")
     status, _, body = post(server.url + CHAT, {**HELLO, "stream": True})
     assert status == 200
@@ -336,19 +280,19 @@ def test_stream_error_rate_breaks_streams_in_band(launch: Callable[..., Server])
     assert (status, error_type(body)) == (500, "InternalServerError")
 
 
-def test_startup_delay_holds_off_listening(launch: Callable[..., Server]) -> None:
+def test_startup_delay_holds_off_listening(launch: Callable[..., MockServer]) -> None:
     started = time.monotonic()
     launch("--fault", "startup-delay:1")
     assert time.monotonic() - started >= 1.0
 
 
 def test_fail_start_exits_1_with_a_message(tmp_path: Path) -> None:
-    done = subprocess.run(_command(_free_port(), "--fault", "fail-start"), capture_output=True, timeout=30)
+    done = subprocess.run(mock_command(free_port(), "--fault", "fail-start"), capture_output=True, timeout=30)
     assert done.returncode == 1
     assert b"fail-start" in done.stderr
 
 
-def test_restart_answers_then_exits_0(launch: Callable[..., Server]) -> None:
+def test_restart_answers_then_exits_0(launch: Callable[..., MockServer]) -> None:
     server = launch()
     status, _, body = post(server.url + "/restart", {})
     assert (status, orjson.loads(body)) == (200, {"status": "restarting"})
@@ -387,7 +331,7 @@ def test_cli_reports_a_bad_fault() -> None:
     assert "hang-after" in result.output
 
 
-def test_script_answers_matching_prompts_verbatim(launch: Callable[..., Server], tmp_path: Path) -> None:
+def test_script_answers_matching_prompts_verbatim(launch: Callable[..., MockServer], tmp_path: Path) -> None:
     script = tmp_path / "script.jsonl"
     verdict = '{"is_abstaining": false}\n  trailing spaces  '
     script.write_bytes(orjson.dumps({"match": "JUDGE-ME", "response": verdict}) + b"\n")
@@ -406,5 +350,5 @@ def test_script_answers_matching_prompts_verbatim(launch: Callable[..., Server],
 def test_cli_reports_a_bad_script(tmp_path: Path) -> None:
     script = tmp_path / "script.jsonl"
     script.write_text('{"match": "a", "response": "b"}\n{"match": 1}\n')
-    done = subprocess.run(_command(_free_port(), "--script", str(script)), capture_output=True, timeout=30)
+    done = subprocess.run(mock_command(free_port(), "--script", str(script)), capture_output=True, timeout=30)
     assert done.returncode == 2 and f"{script}:2" in done.stderr.decode()
