@@ -63,9 +63,9 @@ async def bare(url: str, prompts: list[str], concurrency: int, model: str = MODE
                                             headers=headers) as resp:
                         body = await resp.read()
                     break
-                except aiohttp.ServerDisconnectedError:
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                     # A kept-alive connection the server closed as it was reused (seen with vLLM's uvicorn under
-                    # load): any HTTP client retries that on a new connection, as hallurun does.
+                    # load, as either error): any HTTP client retries that on a new connection, as hallurun does.
                     counts["reconnects"] += 1
                     if attempt == 2:
                         raise

@@ -7,8 +7,14 @@ vLLM on this machine's CPU, side by side in one run:
   (the limit for any HTTP client) at each concurrency, hallurun at the same concurrencies (its request phase, from
   `server_started` to the last write of `results.jsonl`), and HalluLens' upstream client (64 threads). At each
   concurrency the server is warmed up first, then bare and hallurun take `reps` turns, alternating which goes
-  first; the ratio is the median of the pairwise ratios (the client shares two cores with vLLM here, and single
-  runs gave ratios from 0.4 to 1.6).
+  first; the ratio is the median of the pairwise ratios.
+
+Why repetitions: on two cores this vLLM has two paces, and a run settles in one or the other whichever client
+sends it. In the fast one the engine batches ~90 tokens per step; in the slow one ~30, so it takes three to four
+times the steps per request and serves ~40% fewer requests/s (the bare loop alone, 8 runs back to back: 3 slow,
+5 fast). Each row therefore also shows the engine's tokens per step over the run, read from its `/metrics`
+(`vllm:iteration_tokens_total`), and a second ratio, the median over the pairs whose two runs met the same pace
+(tokens per step within 25%): what the client costs, apart from which pace the engine happened to be in.
 
 hallurun's request body has no `ignore_eos`, so no client sends it (every request must be the same): the tokens
 actually generated are counted for each client (usage chunks, `results.jsonl`, the offline outputs), so a run
@@ -27,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +65,7 @@ class EnginePlan:
     items: int = 1000
     max_tokens: int = 64
     concurrencies: tuple[int, ...] = (64, 256)
-    reps: int = 3
+    reps: int = 5
     max_model_len: int = 2048
     startup_timeout_s: float = 600.0
     timeout_s: float = 240.0
@@ -128,9 +135,41 @@ def _hallurun(url: str, dataset: Path, concurrency: int, plan: EnginePlan, run_d
             "latency_s_sum": sum(r["latency_s"] for r in results), "cmd": run.cmd}
 
 
-def _median_of(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> float | None:
-    """The median of `value` over the runs that measured what it needs (offline and upstream runs do not)."""
-    values = [value(run) for run in runs if "latency_s_sum" in run]
+_STEP_COUNTERS = (b"vllm:iteration_tokens_total_count", b"vllm:iteration_tokens_total_sum")
+
+
+def _engine_steps(url: str) -> tuple[float, float]:
+    """vLLM's (engine steps, tokens in them) so far: over a run, their ratio is its mean batch in tokens."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read()
+    totals = dict.fromkeys(_STEP_COUNTERS, 0.0)
+    for line in text.splitlines():
+        name = line.split(b"{", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(b" ", 1)[1])
+    return totals[_STEP_COUNTERS[0]], totals[_STEP_COUNTERS[1]]
+
+
+def _one_run(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan, work: Path) -> dict[str, Any]:
+    """One measured run of `client`, with the engine's mean tokens per step over it."""
+    steps, tokens = _engine_steps(url)
+    if client == "hallurun":
+        result = _hallurun(url, dataset, concurrency, plan, work / "engine-run")
+    else:
+        result = _baseline(client, url, dataset, concurrency, plan)
+    steps_after, tokens_after = _engine_steps(url)
+    return {**result, "tokens_per_step": (tokens_after - tokens) / max(steps_after - steps, 1.0)}
+
+
+def _same_pace(tokens_per_step: float, other: float) -> bool:
+    """Whether two runs met the engine at the same pace: mean batches within 25% of each other."""
+    return min(tokens_per_step, other) >= 0.75 * max(tokens_per_step, other)
+
+
+def _median_of(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float],
+               needs: str = "latency_s_sum") -> float | None:
+    """The median of `value` over the runs that measured what it needs (not every client measures everything)."""
+    values = [value(run) for run in runs if needs in run]
     return median(values) if values else None
 
 
@@ -170,26 +209,29 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
             runs: dict[str, list[dict[str, Any]]] = {"bare": [], "hallurun": []}
             for rep in range(plan.reps):
                 for client in ("bare", "hallurun") if rep % 2 == 0 else ("hallurun", "bare"):
-                    runs[client].append(
-                        _baseline("bare", url, dataset, concurrency, plan) if client == "bare"
-                        else _hallurun(url, dataset, concurrency, plan, work / "engine-run"))
+                    runs[client].append(_one_run(client, url, dataset, concurrency, plan, work))
             measured += [("bare", concurrency, runs["bare"]), ("hallurun", concurrency, runs["hallurun"])]
         print(f"engine: upstream ({UPSTREAM_THREADS} threads) ...", flush=True)
-        measured.append(("upstream", UPSTREAM_THREADS, [_baseline("upstream", url, dataset, UPSTREAM_THREADS, plan)]))
+        measured.append(("upstream", UPSTREAM_THREADS,
+                         [_one_run("upstream", url, dataset, UPSTREAM_THREADS, plan, work)]))
     finally:
         kill_group(proc)  # the API server and its engine core, which outlives a killed API server
 
     bare = {c: [m["ok"] / m["elapsed_s"] for m in ms] for client, c, ms in measured if client == "bare"}
+    bare_paces = {c: [m["tokens_per_step"] for m in ms] for client, c, ms in measured if client == "bare"}
     env = " ".join(f"{k}={v}" for k, v in KV_ENV.items())
     rows = []
     for client, concurrency, ms in measured:
         rates = [m["ok"] / m["elapsed_s"] for m in ms]
         if concurrency in bare and len(bare[concurrency]) == len(rates):
             # Repetition i of each client ran back to back, so their ratio is taken pairwise before the median.
-            ratio = median([r / b for r, b in zip(rates, bare[concurrency], strict=True)])
+            ratios = [r / b for r, b in zip(rates, bare[concurrency], strict=True)]
+            same_pace = [ratio for ratio, m, pace in zip(ratios, ms, bare_paces[concurrency], strict=True)
+                         if _same_pace(m["tokens_per_step"], pace)]
         else:  # offline and upstream: one run, against the best bare loop of the same concurrency or any
             reference = median(bare[concurrency]) if concurrency in bare else max(median(v) for v in bare.values())
-            ratio = median(rates) / reference
+            ratios = [median(rates) / reference]
+            same_pace = []
         m = ms[0]
         reproduce = [f"{env} {shown(m['cmd'], work)}"] if client.startswith("vLLM") else [
             f"{env} {shown(server_cmd, work)}", shown(m["cmd"], work)]
@@ -197,7 +239,10 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
                      "completion_tokens": m["completion_tokens"], "reps": len(ms),
                      "elapsed_s": median([x["elapsed_s"] for x in ms]), "rps": median(rates), "rps_all": rates,
                      "tokens_per_s": median([x["completion_tokens"] / x["elapsed_s"] for x in ms]),
-                     "ratio_to_bare": ratio,
+                     "ratio_to_bare": median(ratios), "ratios": ratios,
+                     "ratio_same_pace": median(same_pace) if same_pace else None, "same_pace_pairs": len(same_pace),
+                     "tokens_per_step": _median_of(ms, lambda x: x["tokens_per_step"], "tokens_per_step"),
+                     "tokens_per_step_all": [x.get("tokens_per_step") for x in ms],
                      # Little's law: a client that keeps its requests in flight shows ~concurrency here, so a lower
                      # rate with the same figure is the engine answering slower, not the client sending less.
                      "mean_in_flight": _median_of(ms, lambda x: x["latency_s_sum"] / x["elapsed_s"]),
