@@ -35,6 +35,9 @@ def _operational_options(fn: F) -> F:
         option("--stall-timeout", type=float,
                help="Seconds without a byte from the server, while requests are in flight, that mean a wedge. "
                     "[default: 30]"),
+        option("--metrics-interval", type=float,
+               help="Seconds between reads of the server's /metrics while it streams (every 2 s once it goes "
+                    "quiet); 0 never reads it. Each read stalls vLLM's API server briefly. [default: 10]"),
         option("--request-timeout", type=float, help="Optional hard cap on one request, in seconds."),
         option("--max-attempts", type=click.IntRange(min=1), help="Attempts per item. [default: 4]"),
         option("--max-restarts", type=click.IntRange(min=0), help="Server restarts allowed per session. [default: 10]"),

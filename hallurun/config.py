@@ -54,6 +54,7 @@ class RunConfig:
     limit: int | None = None
     concurrency: int = 64
     stall_timeout: float = 30.0
+    metrics_interval: float = 10.0  # 0: never read the server's /metrics
     request_timeout: float | None = None
     max_attempts: int = 4
     max_restarts: int = 10
@@ -65,6 +66,7 @@ class RunConfig:
         checks = [
             (self.concurrency >= 1, "--concurrency must be at least 1"),
             (self.stall_timeout > 0, "--stall-timeout must be positive"),
+            (self.metrics_interval >= 0, "--metrics-interval must not be negative"),
             (self.request_timeout is None or self.request_timeout > 0, "--request-timeout must be positive"),
             (self.max_attempts >= 1, "--max-attempts must be at least 1"),
             (self.max_restarts >= 0, "--max-restarts must not be negative"),

@@ -210,13 +210,16 @@ async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, st
                             api_key=os.environ.get(API_KEY_ENV))
             items = iter_items(config.dataset, config.limit)
             scheduler = Scheduler(config, items, checkpoint, events, supervisor, client, activity, stats)
-            metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics), name="metrics")
+            pollers = [asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,
+                                                config.metrics_interval), name="metrics")
+                       ] if config.metrics_interval > 0 else []
             try:
                 await supervisor.start()
                 await scheduler.run()
             finally:
-                metrics.cancel()
-                await asyncio.gather(metrics, return_exceptions=True)
+                for poller in pollers:
+                    poller.cancel()
+                await asyncio.gather(*pollers, return_exceptions=True)
                 await supervisor.stop()
                 supervisor.close()
     except asyncio.CancelledError:

@@ -8,7 +8,7 @@ import orjson
 
 from hallurun import config as cfg
 from hallurun.engine import launch
-from hallurun.server_metrics import ServerMetrics, parse
+from hallurun.server_metrics import QUIET_INTERVAL, ServerMetrics, parse, poll_due
 from hallurun.tasks import Task
 
 METRICS = """\
@@ -72,3 +72,16 @@ def test_a_flat_token_counter_is_measured() -> None:
     metrics.update(parse(METRICS.replace("1000.0", "1200.0")), now=20.0)
     assert metrics.tokens_flat_for(25.0) == 13.0
     assert "running 12" in metrics.describe() and "kv 25%" in metrics.describe()
+
+
+def test_metrics_are_read_seldom_while_the_server_streams_and_often_once_it_goes_quiet() -> None:
+    # Each read stalls vLLM's API server for a moment: read every 10 s while bytes flow, every 2 s once quiet.
+    assert poll_due(now=100.0, last_read=None, last_byte=99.9, interval=10.0)  # until one read succeeds
+    assert not poll_due(now=105.0, last_read=100.0, last_byte=104.9, interval=10.0)
+    assert poll_due(now=110.0, last_read=100.0, last_byte=109.9, interval=10.0)
+    quiet_since = 101.0
+    assert not poll_due(now=quiet_since + QUIET_INTERVAL - 0.1, last_read=100.0, last_byte=quiet_since,
+                        interval=10.0)
+    assert poll_due(now=quiet_since + QUIET_INTERVAL, last_read=100.0, last_byte=quiet_since, interval=10.0)
+    assert not poll_due(now=104.0, last_read=103.0, last_byte=quiet_since, interval=10.0)
+    assert poll_due(now=105.0, last_read=103.0, last_byte=quiet_since, interval=10.0)

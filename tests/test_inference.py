@@ -61,6 +61,19 @@ def test_rerunning_gives_identical_generations(hallurun: Hallurun, tmp_path: Pat
     assert (tmp_path / "a" / "generation.jsonl").read_bytes() == (tmp_path / "b" / "generation.jsonl").read_bytes()
 
 
+def test_the_engine_line_comes_from_metrics_unless_they_are_turned_off(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 200)
+    outputs = {}
+    for name, opts in (("default", ()), ("off", ("--metrics-interval", "0"))):
+        proc = mock_run(hallurun, tmp_path / "data.jsonl", tmp_path / name, "--concurrency", "8", *opts,
+                        server_args=("--latency", "0.1"))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outputs[name] = proc.stdout + proc.stderr
+    # The mock's /metrics page, read during the run, feeds the display's engine line.
+    assert "engine: running" in outputs["default"]
+    assert "engine:" not in outputs["off"]
+
+
 def test_wedges_cost_exactly_one_restart_each_at_concurrency_64(hallurun: Hallurun, tmp_path: Path) -> None:
     # Each server process answers 150 generation requests (the readiness probe is one), then wedges:
     # /health stays 200 while every stream stops. 300 items need three processes, so exactly two wedges.
