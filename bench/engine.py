@@ -106,7 +106,7 @@ def _server_cmd(model: str, port: int, plan: EnginePlan) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(plan.max_model_len)]
 
 
-def _baseline(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan,
+def baseline_run(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan,
               limit: int | None = None) -> dict[str, Any]:
     cmd = [PYTHON, "-m", "bench.baselines", client, "--url", url, "--dataset", str(dataset),
            "--concurrency", str(concurrency), "--model", SERVED, "--max-tokens", str(plan.max_tokens)]
@@ -150,13 +150,13 @@ def _engine_steps(url: str) -> tuple[float, float]:
     return totals[_STEP_COUNTERS[0]], totals[_STEP_COUNTERS[1]]
 
 
-def _one_run(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan, work: Path) -> dict[str, Any]:
+def one_run(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan, work: Path) -> dict[str, Any]:
     """One measured run of `client`, with the engine's mean tokens per step over it."""
     steps, tokens = _engine_steps(url)
     if client == "hallurun":
         result = _hallurun(url, dataset, concurrency, plan, work / "engine-run")
     else:
-        result = _baseline(client, url, dataset, concurrency, plan)
+        result = baseline_run(client, url, dataset, concurrency, plan)
     steps_after, tokens_after = _engine_steps(url)
     return {**result, "tokens_per_step": (tokens_after - tokens) / max(steps_after - steps, 1.0)}
 
@@ -205,15 +205,15 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
             print(f"engine: concurrency {concurrency}: warm-up, then {plan.reps} x (bare, hallurun) ...", flush=True)
             # A warm-up at each concurrency: vLLM's CPU backend pays once for new batch shapes, and whichever
             # client met them first paid for it (ratios from 0.4 to 1.6 in one session before this).
-            _baseline("bare", url, dataset, concurrency, plan, limit=min(plan.items, 4 * concurrency))
+            baseline_run("bare", url, dataset, concurrency, plan, limit=min(plan.items, 4 * concurrency))
             runs: dict[str, list[dict[str, Any]]] = {"bare": [], "hallurun": []}
             for rep in range(plan.reps):
                 for client in ("bare", "hallurun") if rep % 2 == 0 else ("hallurun", "bare"):
-                    runs[client].append(_one_run(client, url, dataset, concurrency, plan, work))
+                    runs[client].append(one_run(client, url, dataset, concurrency, plan, work))
             measured += [("bare", concurrency, runs["bare"]), ("hallurun", concurrency, runs["hallurun"])]
         print(f"engine: upstream ({UPSTREAM_THREADS} threads) ...", flush=True)
         measured.append(("upstream", UPSTREAM_THREADS,
-                         [_one_run("upstream", url, dataset, UPSTREAM_THREADS, plan, work)]))
+                         [one_run("upstream", url, dataset, UPSTREAM_THREADS, plan, work)]))
     finally:
         kill_group(proc)  # the API server and its engine core, which outlives a killed API server
 
