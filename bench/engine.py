@@ -107,7 +107,7 @@ def _server_cmd(model: str, port: int, plan: EnginePlan) -> list[str]:
 
 
 def baseline_run(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan,
-              limit: int | None = None) -> dict[str, Any]:
+                 limit: int | None = None) -> dict[str, Any]:
     cmd = [PYTHON, "-m", "bench.baselines", client, "--url", url, "--dataset", str(dataset),
            "--concurrency", str(concurrency), "--model", SERVED, "--max-tokens", str(plan.max_tokens)]
     if limit is not None:

@@ -3,9 +3,9 @@ a second witness of a wedge (a flat token counter while requests are in flight).
 
 Reading it is not free for the server: vLLM renders the page (~50 KB) in its API server's event loop, which then
 serves no stream for that while (7–16 ms here, up to 0.3 s under load). On a CPU-bound server a read every 2 s
-was enough to tip vLLM into a pace of ~20 tokens per engine step instead of ~95, for whichever client was
-sending. So the page is read seldom while the streams flow, and often only once they go quiet, which is when the
-token counter has something to say.
+was enough to tip vLLM into a pace of 14–39 tokens per engine step instead of 91–98, for whichever client was
+sending (`docs/benchmarks.md`, section 5). So the page is read seldom while the streams flow, and often only
+once they go quiet, which is when the token counter has something to say.
 """
 
 from __future__ import annotations
