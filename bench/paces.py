@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import threading
 import urllib.request
 from pathlib import Path
@@ -39,19 +40,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=8, help="runs of each client")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--metrics-every", type=float, help="also read /metrics every S seconds throughout")
-    parser.add_argument("--work", type=Path, default=Path("paces-work"), help="where hallurun's runs go")
+    parser.add_argument("--work", type=Path, help="where hallurun's runs go [default: a new temporary folder]")
     args = parser.parse_args(argv)
     clients = args.clients.split(",")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="hallurun-paces-"))).resolve()
+    dataset = args.dataset.resolve()
     plan = EnginePlan()
     stop = threading.Event()
     if args.metrics_every:
         threading.Thread(target=_scrape, args=(args.url, args.metrics_every, stop), daemon=True).start()
     try:
-        baseline_run("bare", args.url, args.dataset, args.concurrency, plan, limit=4 * args.concurrency)  # warm-up
+        baseline_run("bare", args.url, dataset, args.concurrency, plan, limit=4 * args.concurrency)  # warm-up
         found: dict[str, list[tuple[float, float]]] = {client: [] for client in clients}
         for run in range(args.runs):
             for client in clients if run % 2 == 0 else clients[::-1]:
-                m = one_run(client, args.url, args.dataset, args.concurrency, plan, args.work)
+                m = one_run(client, args.url, dataset, args.concurrency, plan, work)
                 found[client].append((m["ok"] / m["elapsed_s"], m["tokens_per_step"]))
                 print(f"run {run} {client:9} {found[client][-1][0]:7.1f} req/s {m['tokens_per_step']:5.0f} "
                       "tokens/step", flush=True)
