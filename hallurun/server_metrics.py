@@ -95,8 +95,9 @@ class ServerMetrics:
 
 
 def poll_due(now: float, last_read: float | None, last_byte: float, interval: float) -> bool:
-    """Whether to read `/metrics` now: at once until a read succeeds, then every `interval` seconds while the
-    server streams, and every QUIET_INTERVAL once no byte has come for that long."""
+    """Whether to read `/metrics` now: at once until a read has succeeded (`last_read` None), then `interval`
+    seconds after the last read while the server streams, and QUIET_INTERVAL once no byte has come for that
+    long."""
     if last_read is None:
         return True
     quiet = now - last_byte >= QUIET_INTERVAL
@@ -111,11 +112,16 @@ async def poll(session: aiohttp.ClientSession, base_url: str, metrics: ServerMet
     last_read: float | None = None
     while True:
         if poll_due(loop.time(), last_read, activity.last, interval):
+            began, answered = loop.time(), False
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
                 async with session.get(base_url + "/metrics", timeout=timeout) as resp:
                     if resp.status == 404:
                         return
                     if resp.status == 200:
-                        last_read = loop.time()
-                        metrics.update(parse(await resp.text()), last_read)
+                        metrics.update(parse(await resp.text()), loop.time())
+                        answered = True
+            # Once the page has been read, a failed read counts too: a server too loaded to answer in time is
+            # not asked again a second later. Before that, the server may still be loading: try every second.
+            if answered or last_read is not None:
+                last_read = began
         await asyncio.sleep(QUIET_INTERVAL / 2)
