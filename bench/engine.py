@@ -55,6 +55,7 @@ from bench.common import (
     shown,
     write_dataset,
 )
+from hallurun.server_metrics import parse as parse_metrics
 
 SERVED = "tiny"
 KV_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -135,19 +136,14 @@ def _hallurun(url: str, dataset: Path, concurrency: int, plan: EnginePlan, run_d
             "latency_s_sum": sum(r["latency_s"] for r in results), "cmd": run.cmd}
 
 
-_STEP_COUNTERS = (b"vllm:iteration_tokens_total_count", b"vllm:iteration_tokens_total_sum")
+_STEP_COUNTERS = ("vllm:iteration_tokens_total_count", "vllm:iteration_tokens_total_sum")
 
 
 def _engine_steps(url: str) -> tuple[float, float]:
     """vLLM's (engine steps, tokens in them) so far: over a run, their ratio is its mean batch in tokens."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
-        text = resp.read()
-    totals = dict.fromkeys(_STEP_COUNTERS, 0.0)
-    for line in text.splitlines():
-        name = line.split(b"{", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(b" ", 1)[1])
-    return totals[_STEP_COUNTERS[0]], totals[_STEP_COUNTERS[1]]
+        totals = parse_metrics(resp.read().decode(), _STEP_COUNTERS)
+    return totals.get(_STEP_COUNTERS[0], 0.0), totals.get(_STEP_COUNTERS[1], 0.0)
 
 
 def one_run(client: str, url: str, dataset: Path, concurrency: int, plan: EnginePlan, work: Path) -> dict[str, Any]:

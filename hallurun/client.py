@@ -118,10 +118,11 @@ async def _drain(content: aiohttp.StreamReader) -> None:
     the pool. aiohttp closes a connection released before the end of its body, and against vLLM that was every
     other request: a new connection each time, which the server pays for. The answer is complete already, so a
     server that never ends the body, or breaks the connection, costs at most `_DRAIN_S` and the connection."""
+    if content.at_eof():
+        return
     with contextlib.suppress(TimeoutError, aiohttp.ClientError):
         async with asyncio.timeout(_DRAIN_S):
-            while not content.at_eof():
-                await content.readany()
+            await content.read()
 
 
 class StreamedAnswer:

@@ -354,7 +354,7 @@ class MockServer:
             await response.prepare(request)
             if self.config.token_rate <= 0:
                 await self.stop_if_wedged()
-                # One write for the lot: this path serves throughput benchmarks.
+                # Every event in one write (then the body's end): this path serves throughput benchmarks.
                 await response.write(b"".join([opening, *events, closing]))
                 self.generation_tokens_total += len(events)
                 await response.write_eof()

@@ -210,16 +210,14 @@ async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, st
                             api_key=os.environ.get(API_KEY_ENV))
             items = iter_items(config.dataset, config.limit)
             scheduler = Scheduler(config, items, checkpoint, events, supervisor, client, activity, stats)
-            pollers = [asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,
-                                                config.metrics_interval), name="metrics")
-                       ] if config.metrics_interval > 0 else []
+            metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,
+                                               config.metrics_interval), name="metrics")
             try:
                 await supervisor.start()
                 await scheduler.run()
             finally:
-                for poller in pollers:
-                    poller.cancel()
-                await asyncio.gather(*pollers, return_exceptions=True)
+                metrics.cancel()
+                await asyncio.gather(metrics, return_exceptions=True)
                 await supervisor.stop()
                 supervisor.close()
     except asyncio.CancelledError:

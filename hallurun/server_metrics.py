@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,8 +27,8 @@ WATCHED = (RUNNING, WAITING, TOKENS, KV_CACHE)
 QUIET_INTERVAL = 2.0  # how often to read while no byte has come for this long (a wedge may be forming)
 
 
-def parse(text: str) -> dict[str, float]:
-    """Sum each watched metric over its label sets (one per model, or per engine with data parallelism)."""
+def parse(text: str, names: Collection[str] = WATCHED) -> dict[str, float]:
+    """Sum each of the named metrics over its label sets (one per model, or per engine with data parallelism)."""
     totals: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line[0] == "#":
@@ -36,7 +37,7 @@ def parse(text: str) -> dict[str, float]:
         if name_end < 0:
             continue
         name = line[:name_end]
-        if name not in WATCHED:
+        if name not in names:
             continue
         try:
             value = float(line.rsplit(" ", 1)[1])
@@ -106,7 +107,10 @@ def poll_due(now: float, last_read: float | None, last_byte: float, interval: fl
 
 async def poll(session: aiohttp.ClientSession, base_url: str, metrics: ServerMetrics, activity: Activity,
                interval: float) -> None:
-    """Sample `/metrics` as `poll_due` says until cancelled; a server without the page is left alone."""
+    """Sample `/metrics` as `poll_due` says until cancelled; with `interval` 0, or against a server without the
+    page, never."""
+    if interval <= 0:
+        return
     loop = asyncio.get_running_loop()
     timeout = aiohttp.ClientTimeout(total=QUIET_INTERVAL)
     last_read: float | None = None
