@@ -215,7 +215,7 @@ def tiny_model_command(path: Path | None) -> None:
               help="Reject prompts longer than this many tokens with HTTP 400, like vLLM.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="Inject a fault (repeatable): hang-after:N, crash-after:N, error-rate:P, rate-limit:P, "
-                   "stream-error-rate:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start.")
+                   "stream-error-rate:P, drop-reused:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random faults.")
 @click.option("--script", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSONL of {"match": TEXT, "response": ANSWER}: a prompt containing TEXT gets ANSWER verbatim.')

@@ -19,6 +19,7 @@ import re
 import sys
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -27,11 +28,12 @@ from aiohttp import web
 
 from hallurun.jsonl import JsonlError, read_objects
 
-FAULT_KINDS = ("hang-after", "crash-after", "error-rate", "rate-limit", "stream-error-rate", "poison",
-               "stream-stall", "startup-delay", "fail-start")
+FAULT_KINDS = ("hang-after", "crash-after", "error-rate", "rate-limit", "stream-error-rate", "drop-reused",
+               "poison", "stream-stall", "startup-delay", "fail-start")
 _TEXT_FAULTS = frozenset({"poison", "stream-stall"})
 _COUNT_FAULTS = frozenset({"hang-after", "crash-after"})
 _PROBABILITY_FAULTS = ("error-rate", "rate-limit", "stream-error-rate")  # order of the per-request draws
+_DROP_REUSED = "drop-reused"  # also a probability, drawn only for a request on a kept-alive connection
 
 VOCAB = ("the", "model", "answer", "is", "a", "river", "of", "light", "in", "north", "city", "born", "known",
          "for", "and", "its", "old", "stone", "bridge", "year", "first", "people", "long", "song")
@@ -91,7 +93,7 @@ def parse_fault(spec: str) -> Fault:
         number = float(raw)
     except ValueError:
         number = math.nan
-    if kind in _PROBABILITY_FAULTS and not 0 <= number <= 1:
+    if kind in (*_PROBABILITY_FAULTS, _DROP_REUSED) and not 0 <= number <= 1:
         raise ValueError(f"fault {kind!r} needs a probability between 0 and 1, got {raw!r}")
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"fault {kind!r} needs a number of seconds >= 0, got {raw!r}")
@@ -168,6 +170,7 @@ class MockServer:
         # stream-stall: the first stream in this process whose prompt holds TEXT goes quiet after one token.
         self.stalls = {str(fault.value) for fault in config.faults if fault.kind == "stream-stall"}
         self.rng = random.Random(config.seed)
+        self.connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # those that have served
         self.wedged = asyncio.Event()
         self.arrived = 0
         self.running = 0
@@ -233,6 +236,8 @@ class MockServer:
 
     async def generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         """Validate, count the arrival (which may trip a fault), then answer once latency and faults allow."""
+        if self.drops_connection(request):
+            return web.Response()  # never sent: the connection is gone
         try:
             job = self.parse(await request.read(), chat)
         except ApiError as exc:
@@ -266,6 +271,20 @@ class MockServer:
             return self.complete(job)
         finally:
             self.running -= 1
+
+    def drops_connection(self, request: web.Request) -> bool:
+        """drop-reused: close a kept-alive connection as a request arrives on it, unanswered, as vLLM does when
+        its keep-alive timer fires late under load. The engine never sees the request."""
+        transport = request.transport
+        if transport is None:
+            return False
+        reused = transport in self.connections
+        self.connections.add(transport)
+        probability = self.number(_DROP_REUSED)
+        if not reused or probability is None or self.rng.random() >= probability:
+            return False
+        transport.close()
+        return True
 
     def draw_failure(self) -> str | None:
         """Which random fault, if any, hits this request."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
+from aiohttp import ClientConnectionResetError, ClientConnectorError, ClientOSError, ServerDisconnectedError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -55,6 +56,19 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def is_stale_connection(exc: BaseException) -> bool:
+    """Whether a failed send is a kept-alive connection the server closed as the request went out on it, which
+    any HTTP client sends again at once on a new connection (RFC 9112 §9.3.1; aiohttp does it itself, but only for
+    idempotent methods, and a completion is a POST).
+
+    vLLM closes a connection left idle for 5 s, and under load its event loop can fire that timer after the next
+    request has already arrived: hundreds of connections dropped at once, none of them the item's fault. Failing
+    to connect at all is not this: that is a server down or not listening."""
+    if isinstance(exc, ClientConnectorError):
+        return False
+    return isinstance(exc, ServerDisconnectedError | ClientOSError | ClientConnectionResetError)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -28,7 +28,7 @@ def progress_line(stats: RunStats) -> str:
     """One plain line with every counter, for logs."""
     return (f"progress {stats.settled}/{stats.total} done={stats.done} failed={stats.failed} "
             f"in_flight={stats.in_flight} rate={stats.rate():.1f}/s eta={_duration(stats.eta())} "
-            f"retries={stats.retries} restarts={stats.restarts} server={stats.server_state}"
+            f"retries={stats.retries} resent={stats.resent} restarts={stats.restarts} server={stats.server_state}"
             + (f" engine: {stats.metrics.describe()}" if stats.metrics.sampled_at is not None else ""))
 
 
@@ -39,7 +39,7 @@ def _render(stats: RunStats) -> Group:
                 f"ETA {_duration(stats.eta())}")
     counters = Table.grid(padding=(0, 2))
     counters.add_row(f"in flight {stats.in_flight}", f"[green]done {stats.done}", f"[red]failed {stats.failed}",
-                     f"retries {stats.retries}", f"[yellow]restarts {stats.restarts}",
+                     f"retries {stats.retries}", f"resent {stats.resent}", f"[yellow]restarts {stats.restarts}",
                      f"quarantined {stats.quarantined}", f"server {stats.server_state}")
     engine = stats.metrics.describe()
     return Group(top, counters, Text(f"engine: {engine}", style="dim")) if engine else Group(top, counters)
@@ -72,6 +72,7 @@ def summary_table(stats: RunStats, title: str) -> Table:
     rows = [
         ("items", stats.total), ("done", stats.done), ("failed", stats.failed),
         ("done before this session", stats.done_at_start), ("retries", stats.retries),
+        ("resent on a new connection", stats.resent),
         ("wedges", stats.wedges), ("crashes", stats.crashes), ("restarts", stats.restarts),
         ("quarantined", stats.quarantined), ("elapsed", _duration(elapsed)), ("rate", f"{stats.rate():.1f}/s"),
     ]

@@ -251,7 +251,8 @@ def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events
             return EXIT_SERVER
         write_generation(config, config.run_dir / GENERATION)
         code = EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK
-        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed), exit_code=code)
+        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed), exit_code=code,
+                    retries=stats.retries, resent=stats.resent)
         if checkpoint.failed:
             console.print(f"{len(checkpoint.failed)} item(s) failed (see {config.run_dir / 'failures.jsonl'}):",
                           highlight=False)

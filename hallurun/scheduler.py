@@ -24,7 +24,7 @@ from hallurun.config import RunConfig
 from hallurun.dataset import Item
 from hallurun.events import EventLog
 from hallurun.poison import PoisonTracker
-from hallurun.policy import RequestError, RetryPolicy, ServerDown
+from hallurun.policy import RequestError, RetryPolicy, ServerDown, is_stale_connection
 from hallurun.stats import RunStats
 from hallurun.supervisor import ServerStartError, Supervisor
 from hallurun.watchdog import Activity, Flight, inspect
@@ -224,7 +224,15 @@ class Scheduler:
         try:
             async with asyncio.timeout(self.config.request_timeout) as deadline:
                 flight.deadline = deadline
-                completion = await self.client.complete(job.item.prompt, flight)
+                try:
+                    completion = await self.client.complete(job.item.prompt, flight)
+                except aiohttp.ClientError as exc:
+                    if not is_stale_connection(exc):
+                        raise
+                    # Sent again at once, within the same attempt: the server dropped the connection, not
+                    # the request. A second failure takes the ordinary way below.
+                    self.stats.resent += 1
+                    completion = await self.client.complete(job.item.prompt, flight)
         except aiohttp.ClientError as exc:
             if await self.supervisor.has_exited():
                 raise ServerDown(str(exc)) from exc

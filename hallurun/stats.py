@@ -18,6 +18,7 @@ class RunStats:
     done_at_start: int = 0
     in_flight: int = 0
     retries: int = 0
+    resent: int = 0  # requests sent again at once after the server dropped a kept-alive connection
     restarts: int = 0
     wedges: int = 0
     crashes: int = 0

@@ -3,13 +3,14 @@ the assembly of a streamed answer."""
 
 from __future__ import annotations
 
+import aiohttp
 import orjson
 import pytest
 from tenacity import RetryCallState
 
 from hallurun.client import Completion, StreamedAnswer
 from hallurun.poison import PoisonTracker
-from hallurun.policy import RequestError, RetryPolicy, classify_status, is_retryable
+from hallurun.policy import RequestError, RetryPolicy, classify_status, is_retryable, is_stale_connection
 from hallurun.watchdog import Activity, Flight, inspect
 
 
@@ -105,6 +106,18 @@ def test_only_retryable_request_errors_are_retried() -> None:
     assert is_retryable(RequestError("http_500", "x", retryable=True))
     assert not is_retryable(RequestError("http_400", "x", retryable=False))
     assert not is_retryable(ValueError("bug"))
+
+
+def test_a_dropped_kept_alive_connection_is_stale_but_a_refused_one_is_not() -> None:
+    # What aiohttp raises when the server closed the connection the request went out on...
+    assert is_stale_connection(aiohttp.ServerDisconnectedError())
+    assert is_stale_connection(aiohttp.ClientOSError(32, "Can not write request body"))
+    assert is_stale_connection(aiohttp.ClientConnectionResetError("Connection lost"))
+    # ...and what it raises when there is no server to connect to, or the answer broke off midway.
+    refused = aiohttp.ClientConnectorError(None, ConnectionRefusedError(111, "Connect call failed"))  # type: ignore[arg-type]
+    assert not is_stale_connection(refused)
+    assert not is_stale_connection(aiohttp.ClientPayloadError("Response payload is not completed"))
+    assert not is_stale_connection(RequestError("connection", "x", retryable=True))
 
 
 def _chat_chunk(content: str | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:

@@ -161,6 +161,22 @@ def test_400_fails_fast_and_429_500_are_retried(hallurun: Hallurun, tmp_path: Pa
     assert not events(run_dir, "server_restarted")
 
 
+def test_a_dropped_kept_alive_connection_is_sent_again_at_once(hallurun: Hallurun, tmp_path: Path) -> None:
+    # The mock closes every connection that served a completion as the next request arrives on it, unanswered
+    # (vLLM's keep-alive timer firing late under load). One item at a time, so each item meets a dropped
+    # connection once (the first, that of the readiness probe's generation), then goes out on a new one.
+    ids = write_dataset(tmp_path / "data.jsonl", 20)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "1", "--metrics-interval", "0",
+                    faults=("drop-reused:1",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    # Not an attempt spent, nor a retry with its backoff: the same attempt, sent again.
+    assert {r["attempts"] for r in read_jsonl(run_dir / "results.jsonl")} == {1}
+    finished = events(run_dir, "run_finished")[0]
+    assert finished["retries"] == 0 and finished["resent"] == len(ids)
+
+
 def test_bad_dataset_line_is_reported_with_file_and_line(hallurun: Hallurun, tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
     data.write_text('{"id": "a", "prompt": "fine"}\n\n{"id": "b", "prompt": 7}\n')
