@@ -55,10 +55,13 @@ from bench.common import (
     shown,
     write_dataset,
 )
+from hallurun.engine import KEEP_ALIVE_S
 from hallurun.server_metrics import parse as parse_metrics
 
 SERVED = "tiny"
-KV_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# The environment hallurun gives the vLLM it launches on a CPU (`hallurun.engine.launch`): the bench's shared
+# server is started as hallurun would start it.
+SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": KEEP_ALIVE_S}
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def _tiny_model() -> str:
 
 def _vllm_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HALLURUN_")}
-    env.update(KV_ENV)
+    env.update(SERVER_ENV)
     return env
 
 
@@ -215,7 +218,7 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
 
     bare = {c: [m["ok"] / m["elapsed_s"] for m in ms] for client, c, ms in measured if client == "bare"}
     bare_paces = {c: [m["tokens_per_step"] for m in ms] for client, c, ms in measured if client == "bare"}
-    env = " ".join(f"{k}={v}" for k, v in KV_ENV.items())
+    env = " ".join(f"{k}={v}" for k, v in SERVER_ENV.items())
     rows = []
     for client, concurrency, ms in measured:
         rates = [m["ok"] / m["elapsed_s"] for m in ms]

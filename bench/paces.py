@@ -6,7 +6,8 @@ and prints, per run, requests/s and the engine's mean tokens per step over it (f
 `--metrics-every S`, a thread reads `/metrics` every S seconds throughout, like a monitoring scrape, to see what
 reading it costs the server. Start the server as section 5 does, e.g.:
 
-    VLLM_CPU_KVCACHE_SPACE=1 python -m vllm.entrypoints.openai.api_server --model $(hallurun tiny-model) \\
+    VLLM_CPU_KVCACHE_SPACE=1 VLLM_HTTP_TIMEOUT_KEEP_ALIVE=60 python -m vllm.entrypoints.openai.api_server \\
+        --model $(hallurun tiny-model) \\
         --served-model-name tiny --host 127.0.0.1 --port 8100 --max-model-len 2048
 """
 

@@ -17,6 +17,10 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 CPU_KVCACHE_GIB = "1"  # without it vLLM's CPU build asks for more memory than a NUMA node has free
 CPU_MAX_MODEL_LEN = 4096  # a context whose KV cache fits CPU_KVCACHE_GIB for common 7-8B models
 TINY = "tiny"
+# vLLM closes a connection idle for 5 s by default. Under load its event loop can fire that timer after the next
+# request has arrived, dropping hundreds of connections at once; hallurun is its launched server's only client
+# and keeps at most `--concurrency` + 8 connections, which it closes itself after 15 s idle (aiohttp's default).
+KEEP_ALIVE_S = "60"
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def launch(config: RunConfig, port: int, *, gpu: bool | None = None, environ: di
     if path != config.model and not _has_flag(args, "--served-model-name"):
         cmd += ["--served-model-name", config.model]  # requests keep using the name the user gave
     env: dict[str, str] = {}
+    if "VLLM_HTTP_TIMEOUT_KEEP_ALIVE" not in env_now:
+        env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = KEEP_ALIVE_S
     notes: list[str] = []
     if not (has_nvidia_gpu() if gpu is None else gpu):
         # CPU defaults, each skipped when the user set it (after `--` or in the environment).

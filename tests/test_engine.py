@@ -33,16 +33,17 @@ def test_vllm_on_cpu_gets_defaults_the_user_can_override(tmp_path: Path) -> None
     assert spec.cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
     assert spec.cmd[spec.cmd.index("--host") + 1] == "127.0.0.1" and "--port" in spec.cmd
     assert spec.cmd[spec.cmd.index("--max-model-len") + 1] == "4096"
-    assert spec.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert spec.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60"}
     mine = launch(_config(tmp_path, args=("--max-model-len", "1024")), 8001, gpu=False,
-                  environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
+                  environ={"VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "5"})
     assert mine.cmd.count("--max-model-len") == 1 and mine.cmd[-2:] == ["--max-model-len", "1024"]
-    assert mine.env == {}
+    assert mine.env == {}  # what the user set is inherited as it is
 
 
 def test_vllm_on_gpu_gets_no_cpu_defaults(tmp_path: Path) -> None:
     spec = launch(_config(tmp_path), 8001, gpu=True, environ={})
-    assert "--max-model-len" not in spec.cmd and spec.env == {}
+    # Only the keep-alive, which outlasts the client's own 15 s so that idle connections close from our side.
+    assert "--max-model-len" not in spec.cmd and spec.env == {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60"}
 
 
 def test_a_local_model_with_a_short_context_keeps_it(tmp_path: Path) -> None:
