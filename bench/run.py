@@ -75,7 +75,7 @@ def merged(out: Path, results: dict[str, Any], *, partial: bool) -> dict[str, An
     if not out.exists():
         return results
     old = orjson.loads(out.read_bytes())
-    combined = dict(old if partial else results)
+    combined = {**results, **old} if partial else dict(results)  # a file this partial run began lacks some
     for key in ("sections", "section_s", "section_runs"):
         combined[key] = {**old.get(key, {}), **results.get(key, {})}
     return combined
@@ -118,12 +118,12 @@ def main(argv: list[str]) -> int:
             console.print(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    results["duration_s"] = round(time.monotonic() - began, 1)
+    took = results["duration_s"] = round(time.monotonic() - began, 1)
     results = merged(out, results, partial=bool(args.section))
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     console.rule("[bold]all sections")
     print_tables(results, console)
-    console.print(f"{results['duration_s']:.0f} s in all; written to {out}", highlight=False)
+    console.print(f"{took:.0f} s in all; written to {out}", highlight=False)
     return 0
 
 
