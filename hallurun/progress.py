@@ -50,10 +50,12 @@ async def show(stats: RunStats, console: Console) -> None:
     if console.is_terminal:
         from rich.live import Live
 
-        with Live(_render(stats), console=console, refresh_per_second=4, transient=True) as live:
+        # Refreshed from the event loop, not by rich's refresh thread: a second thread waking four times a second
+        # to take the GIL competes with the loop that feeds the server, on a machine the server keeps busy.
+        with Live(_render(stats), console=console, auto_refresh=False, transient=True) as live:
             while True:
                 await asyncio.sleep(0.25)  # the display's own refresh clock
-                live.update(_render(stats))
+                live.update(_render(stats), refresh=True)
     else:
         last = time.monotonic()
         while True:
