@@ -7,7 +7,8 @@ vLLM on this machine's CPU, side by side in one run:
   (the limit for any HTTP client) at each concurrency, hallurun at the same concurrencies (its request phase, from
   `server_started` to the last write of `results.jsonl`), and HalluLens' upstream client (64 threads). At each
   concurrency the server is warmed up first, then bare and hallurun take `reps` turns, alternating which goes
-  first; the ratio is the median of the pairwise ratios.
+  first; the ratio is the median of the pairwise ratios. Ten turns each: with fewer, which client met the
+  slow pace more often decided the ratio more than either client did.
 
 Why repetitions: on two cores this vLLM has two paces, and a run settles in one or the other whichever client
 sends it. In the fast one the engine batches ~90 tokens per step; in the slow one ~30, so it takes three to four
@@ -69,7 +70,7 @@ class EnginePlan:
     items: int = 1000
     max_tokens: int = 64
     concurrencies: tuple[int, ...] = (64, 256)
-    reps: int = 5
+    reps: int = 10
     max_model_len: int = 2048
     startup_timeout_s: float = 600.0
     timeout_s: float = 240.0
@@ -134,9 +135,11 @@ def _hallurun(url: str, dataset: Path, concurrency: int, plan: EnginePlan, run_d
     failures = read_jsonl(run_dir / "failures.jsonl")
     if failures or len(results) != plan.items:
         raise RuntimeError(f"{run_dir}: {len(results)} results and {len(failures)} failures of {plan.items} items")
+    finished = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "run_finished"][-1]
     return {"elapsed_s": run.request_phase_s, "ok": len(results),
             "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results),
-            "latency_s_sum": sum(r["latency_s"] for r in results), "cmd": run.cmd}
+            "latency_s_sum": sum(r["latency_s"] for r in results), "cmd": run.cmd,
+            "retries": finished["retries"], "resent": finished["resent"]}
 
 
 _STEP_COUNTERS = ("vllm:iteration_tokens_total_count", "vllm:iteration_tokens_total_sum")
@@ -242,6 +245,11 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
                      "ratio_same_pace": median(same_pace) if same_pace else None, "same_pace_pairs": len(same_pace),
                      "tokens_per_step": _median_of(ms, lambda x: x["tokens_per_step"], "tokens_per_step"),
                      "tokens_per_step_all": [x.get("tokens_per_step") for x in ms],
+                     # Requests sent again after the server dropped their connection (the bare loop calls them
+                     # reconnects), and hallurun's retries: a run that lost its pace to either shows it here.
+                     "resent": sum(x.get("resent", x.get("reconnects", 0)) for x in ms) if concurrency in bare
+                     and client in ("bare", "hallurun") else None,
+                     "retries": sum(x["retries"] for x in ms) if client == "hallurun" else None,
                      # Little's law: a client that keeps its requests in flight shows ~concurrency here, so a lower
                      # rate with the same figure is the engine answering slower, not the client sending less.
                      "mean_in_flight": _median_of(ms, lambda x: x["latency_s_sum"] / x["elapsed_s"]),
