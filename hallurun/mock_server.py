@@ -275,13 +275,13 @@ class MockServer:
     def drops_connection(self, request: web.Request) -> bool:
         """drop-reused: close a kept-alive connection as a request arrives on it, unanswered, as vLLM does when
         its keep-alive timer fires late under load. The engine never sees the request."""
+        probability = self.number(_DROP_REUSED)
         transport = request.transport
-        if transport is None:
+        if probability is None or transport is None:
             return False
         reused = transport in self.connections
         self.connections.add(transport)
-        probability = self.number(_DROP_REUSED)
-        if not reused or probability is None or self.rng.random() >= probability:
+        if not reused or self.rng.random() >= probability:
             return False
         transport.close()
         return True

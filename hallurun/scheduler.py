@@ -232,7 +232,7 @@ class Scheduler:
                     # Sent again at once, within the same attempt: the server dropped the connection, not
                     # the request. A second failure takes the ordinary way below.
                     self.stats.resent += 1
-                    flight.new_attempt(loop.time())  # a stream not yet begun: nothing of it can be stalled
+                    flight.new_attempt(loop.time())  # judged by its own stream, not the dropped one's clocks
                     completion = await self.client.complete(job.item.prompt, flight)
         except aiohttp.ClientError as exc:
             if await self.supervisor.has_exited():
