@@ -18,7 +18,7 @@ CPU_KVCACHE_GIB = "1"  # without it vLLM's CPU build asks for more memory than a
 CPU_MAX_MODEL_LEN = 4096  # a context whose KV cache fits CPU_KVCACHE_GIB for common 7-8B models
 TINY = "tiny"
 # vLLM closes a connection idle for 5 s by default. Under load its event loop can fire that timer after the next
-# request has arrived, dropping hundreds of connections at once; hallurun is its launched server's only client
+# request has arrived, dropping up to 200 connections at once; hallurun is its launched server's only client
 # and keeps at most `--concurrency` + 8 connections, which it closes itself after 15 s idle (aiohttp's default).
 KEEP_ALIVE_S = "60"
 

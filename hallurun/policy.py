@@ -64,7 +64,7 @@ def is_stale_connection(exc: BaseException) -> bool:
     idempotent methods, and a completion is a POST).
 
     vLLM closes a connection left idle for 5 s, and under load its event loop can fire that timer after the next
-    request has already arrived: hundreds of connections dropped at once, none of them the item's fault. Failing
+    request has already arrived: up to 200 connections dropped at once, none of them the item's fault. Failing
     to connect at all is not this: that is a server down or not listening."""
     if isinstance(exc, ClientConnectorError):
         return False
