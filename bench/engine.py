@@ -56,13 +56,13 @@ from bench.common import (
     shown,
     write_dataset,
 )
-from hallurun.engine import KEEP_ALIVE_S
+from hallurun.engine import CPU_KVCACHE_GIB, KEEP_ALIVE_S
 from hallurun.server_metrics import parse as parse_metrics
 
 SERVED = "tiny"
 # The environment hallurun gives the vLLM it launches on a CPU (`hallurun.engine.launch`): the bench's shared
 # server is started as hallurun would start it.
-SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": KEEP_ALIVE_S}
+SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": KEEP_ALIVE_S}
 
 
 @dataclass(frozen=True)
@@ -247,8 +247,8 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
                      "tokens_per_step_all": [x.get("tokens_per_step") for x in ms],
                      # Requests sent again after the server dropped their connection (the bare loop calls them
                      # reconnects), and hallurun's retries: a run that lost its pace to either shows it here.
-                     "resent": sum(x.get("resent", x.get("reconnects", 0)) for x in ms) if concurrency in bare
-                     and client in ("bare", "hallurun") else None,
+                     "resent": sum(x.get("resent", x.get("reconnects", 0)) for x in ms)
+                     if client in ("bare", "hallurun") else None,
                      "retries": sum(x["retries"] for x in ms) if client == "hallurun" else None,
                      # Little's law: a client that keeps its requests in flight shows ~concurrency here, so a lower
                      # rate with the same figure is the engine answering slower, not the client sending less.
