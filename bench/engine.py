@@ -7,8 +7,9 @@ vLLM on this machine's CPU, side by side in one run:
   (the limit for any HTTP client) at each concurrency, hallurun at the same concurrencies (its request phase, from
   `server_started` to the last write of `results.jsonl`), and HalluLens' upstream client (64 threads). At each
   concurrency the server is warmed up first, then bare and hallurun take `reps` turns, alternating which goes
-  first; the ratio is the median of the pairwise ratios. Ten turns each: with fewer, which client met the
-  slow pace more often decided the ratio more than either client did.
+  first; the ratio is the median of the pairwise ratios. Sixteen turns each: the engine's pace (below) is a
+  draw at the start of each run, and with 10 turns two identical clients would still show a ratio under 0.9 about
+  one time in five; `slow-pace runs` counts, per client, the runs that met the slow pace.
 
 Why repetitions: on two cores this vLLM has two paces, and a run settles in one or the other whichever client
 sends it. In the fast one the engine batches ~90 tokens per step; in the slow one ~30, so it takes three to four
@@ -70,7 +71,7 @@ class EnginePlan:
     items: int = 1000
     max_tokens: int = 64
     concurrencies: tuple[int, ...] = (64, 256)
-    reps: int = 10
+    reps: int = 16
     max_model_len: int = 2048
     startup_timeout_s: float = 600.0
     timeout_s: float = 240.0
@@ -168,6 +169,11 @@ def _same_pace(tokens_per_step: float, other: float) -> bool:
     return min(tokens_per_step, other) >= 0.75 * max(tokens_per_step, other)
 
 
+def _slow_runs(ms: list[dict[str, Any]], largest: float) -> int:
+    """Runs that met the engine's slow pace: a mean batch under half the largest any run at that concurrency had."""
+    return sum(1 for m in ms if m.get("tokens_per_step") is not None and m["tokens_per_step"] < largest / 2)
+
+
 def _median_of(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float],
                needs: str = "latency_s_sum") -> float | None:
     """The median of `value` over the runs that measured what it needs (not every client measures everything)."""
@@ -221,6 +227,10 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
 
     bare = {c: [m["ok"] / m["elapsed_s"] for m in ms] for client, c, ms in measured if client == "bare"}
     bare_paces = {c: [m["tokens_per_step"] for m in ms] for client, c, ms in measured if client == "bare"}
+    largest: dict[int | None, float] = {}  # the largest mean batch of any bare or hallurun run, per concurrency
+    for client, concurrency, ms in measured:
+        if client in ("bare", "hallurun"):
+            largest[concurrency] = max([largest.get(concurrency, 0.0)] + [m["tokens_per_step"] for m in ms])
     env = " ".join(f"{k}={v}" for k, v in SERVER_ENV.items())
     rows = []
     for client, concurrency, ms in measured:
@@ -245,6 +255,7 @@ def engine(plan: EnginePlan, work: Path) -> list[dict[str, Any]]:
                      "ratio_same_pace": median(same_pace) if same_pace else None, "same_pace_pairs": len(same_pace),
                      "tokens_per_step": _median_of(ms, lambda x: x["tokens_per_step"], "tokens_per_step"),
                      "tokens_per_step_all": [x.get("tokens_per_step") for x in ms],
+                     "slow_runs": _slow_runs(ms, largest[concurrency]) if client in ("bare", "hallurun") else None,
                      # Requests sent again after the server dropped their connection (the bare loop calls them
                      # reconnects), and hallurun's retries: a run that lost its pace to either shows it here.
                      "resent": sum(x.get("resent", x.get("reconnects", 0)) for x in ms)
