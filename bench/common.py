@@ -108,7 +108,7 @@ def median(values: Sequence[float]) -> float:
 
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:
-    """KILL the process group `proc` leads (it was started in its own session) and reap it."""
+    """KILL the process group `proc` leads (it was started in a session or a group of its own) and reap it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -301,8 +301,12 @@ def run_hallurun(args: Sequence[str], run_dir: Path, *, timeout: float, terminal
         out = log.open("ab")
     launched_at = time.time()
     began = time.monotonic()
+    # Its own process group (for kill_group) but the bench's session, as every baseline runs: Linux schedules
+    # each session as one group (autogroup), so a client in a session of its own would weigh as much as the
+    # whole server's session on a shared core, and a bare loop run so met vLLM's slow pace 7 times in 16 against
+    # once in 16 for the same loop in the bench's session (docs/benchmarks.md, section 5).
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            start_new_session=True)
+                            process_group=0)
     if terminal:
         os.close(follower)
         assert reader is not None
