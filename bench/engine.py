@@ -7,9 +7,10 @@ vLLM on this machine's CPU, side by side in one run:
   (the limit for any HTTP client) at each concurrency, hallurun at the same concurrencies (its request phase, from
   `server_started` to the last write of `results.jsonl`), and HalluLens' upstream client (64 threads). At each
   concurrency the server is warmed up first, then bare and hallurun take `reps` turns, alternating which goes
-  first; the ratio is the median of the pairwise ratios. Sixteen turns each: the engine's pace (below) is a
-  draw at the start of each run, and with 10 turns two identical clients would still show a ratio under 0.9 about
-  one time in five; `slow-pace runs` counts, per client, the runs that met the slow pace.
+  first; the ratio is the median of the pairwise ratios. Sixteen turns each: the engine's pace (below) is
+  mostly set at the start of each run, and in a simulation of these two paces two identical clients showed a
+  ratio under 0.9 about one time in five with 10 turns; `slow-pace runs` counts, per client, the runs that met
+  the slow pace. Both clients run in the bench's session (see `bench.common.run_hallurun`).
 
 Why repetitions: on two cores this vLLM has two paces, and a run settles in one or the other whichever client
 sends it. In the fast one the engine batches ~90 tokens per step; in the slow one ~30, so it takes three to four
