@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import random
 import select
 import signal
 import socket
@@ -102,6 +103,17 @@ def run_json(cmd: Sequence[str], timeout: float) -> dict[str, Any]:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def median_interval(values: Sequence[float], level: float = 0.9, draws: int = 10_000) -> tuple[float, float]:
+    """A bootstrap interval for the median of `values`: where the median of another set of as many runs would
+    likely fall. For the engine's pairwise ratios this is what a single bench run can tell: its turns are
+    independent (consecutive runs' rates are uncorrelated), so resampling them is fair. Seeded: the same runs
+    always give the same interval."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    tail = int(draws * (1 - level) / 2)
+    return medians[tail], medians[draws - 1 - tail]
 
 
 # -- server processes -------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 `python -m bench.paces --url URL --dataset FILE [--clients bare,hallurun] [--runs 8] [--concurrency 64]
 [--metrics-every S]` runs each client in turn (alternating the order), 1,000 prompts × 64 tokens as in section 5,
-and prints, per run, requests/s and the engine's mean tokens per step over it (from `/metrics`). With
-`--metrics-every S`, a thread reads `/metrics` every S seconds throughout, like a monitoring scrape, to see what
-reading it costs the server. Start the server as section 5 does, e.g.:
+and prints, per run, requests/s and the engine's mean tokens per step over it (from `/metrics`); at the end, per
+client, the medians, the runs that met the slow pace, and (with `bare` among the clients) the median of the
+pairwise ratios to the bare loop with its 90% bootstrap interval: section 5's figure, from as many turns as
+`--runs` asks, to settle what 16 turns cannot. With `--metrics-every S`, a thread reads `/metrics` every S seconds
+throughout, like a monitoring scrape, to see what reading it costs the server. Start the server as section 5 does, e.g.:
 
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_HTTP_TIMEOUT_KEEP_ALIVE=60 python -m vllm.entrypoints.openai.api_server \\
         --model $(hallurun tiny-model) \\
@@ -20,7 +22,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from bench.common import median
+from bench.common import median, median_interval
 from bench.engine import EnginePlan, baseline_run, one_run
 
 
@@ -61,10 +63,18 @@ def main(argv: list[str]) -> None:
                       "tokens/step", flush=True)
     finally:
         stop.set()
+    largest = max(t for runs in found.values() for _, t in runs)
     for client, runs in found.items():
+        slow = sum(1 for _, t in runs if t < largest / 2)  # as section 5 counts slow-pace runs
         print(f"{client:9} median {median([r for r, _ in runs]):7.1f} req/s "
-              f"{median([t for _, t in runs]):5.0f} tokens/step; tokens/step per run: "
-              + " ".join(f"{t:.0f}" for _, t in runs))
+              f"{median([t for _, t in runs]):5.0f} tokens/step, slow pace in {slow} of {len(runs)}; "
+              "tokens/step per run: " + " ".join(f"{t:.0f}" for _, t in runs))
+        if client != "bare" and "bare" in found:
+            # Run i of each client ran back to back: the ratio is pairwise, then the median, as section 5 takes it.
+            ratios = [r / b for (r, _), (b, _) in zip(runs, found["bare"], strict=True)]
+            low, high = median_interval(ratios)
+            print(f"{client:9} × bare loop {median(ratios):.2f} (90% interval {low:.2f}–{high:.2f}, "
+                  f"{len(ratios)} pairs)")
 
 
 if __name__ == "__main__":

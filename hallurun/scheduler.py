@@ -33,6 +33,16 @@ FLUSH_INTERVAL = 0.2  # seconds between checkpoint batches
 FLUSH_BATCH = 512  # a batch this large is written at once
 
 
+def idle_workers_may_act(*, queued: bool, running: int) -> bool:
+    """Whether the end of a job gives the workers waiting for one something to do: a job put back in the queue,
+    or nothing left running (a suspect of poison may now go alone; after one that ran alone, the others may go
+    again; or every item has settled). Any other end leaves them nothing. Once the dataset is exhausted, each
+    worker whose job ends joins the waiters, and waking them all at every later end made a 1,000-item run at
+    concurrency 256 check for work 16,135 times instead of 1,511, in the tail of the run, on the cores the
+    server needs to finish it."""
+    return queued or running == 0
+
+
 class RestartBudgetExhausted(Exception):
     """The server needed more restarts than `--max-restarts` allows."""
 
@@ -199,7 +209,8 @@ class Scheduler:
             self._running.pop(job.item.id, None)
             self._solo_in_flight -= flight.solo
             self.stats.in_flight = len(self._running)
-            self._changed.set()
+            if idle_workers_may_act(queued=bool(self._front or self._solo), running=len(self._running)):
+                self._changed.set()
 
     async def _with_retries(self, job: Job, flight: Flight) -> Completion:
         spent = job.attempts

@@ -11,6 +11,7 @@ from tenacity import RetryCallState
 from hallurun.client import Completion, StreamedAnswer
 from hallurun.poison import PoisonTracker
 from hallurun.policy import RequestError, RetryPolicy, classify_status, is_retryable, is_stale_connection
+from hallurun.scheduler import idle_workers_may_act
 from hallurun.watchdog import Activity, Flight, inspect
 
 
@@ -72,6 +73,20 @@ def test_a_wedge_with_others_in_flight_does_not_convict_the_solo_suspect() -> No
     tracker.on_wedge(["p", "x"])
     tracker.on_wedge(["p", "x"])
     assert tracker.on_wedge(["p", "x"], solo=None) == []
+
+
+def test_an_ordinary_end_leaves_idle_workers_asleep() -> None:
+    # Once the dataset is exhausted, idle workers wait: a job that ends with others still running and nothing
+    # queued gives them nothing to do, and waking all of them at each end was quadratic in the concurrency.
+    assert not idle_workers_may_act(queued=False, running=255)
+
+
+@pytest.mark.parametrize(("queued", "running"), [
+    (True, 10),  # a job put back (the server went away under it): someone must take it
+    (False, 0),  # nothing runs: a suspect of poison may go alone, the others after it, or every item has settled
+])
+def test_an_end_that_frees_work_wakes_idle_workers(queued: bool, running: int) -> None:
+    assert idle_workers_may_act(queued=queued, running=running)
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(400, False), (422, False), (404, False), (408, True),
