@@ -107,9 +107,9 @@ def median(values: Sequence[float]) -> float:
 
 def median_interval(values: Sequence[float], level: float = 0.9, draws: int = 10_000) -> tuple[float, float]:
     """A bootstrap interval for the median of `values`: where the median of another set of as many runs would
-    likely fall. For the engine's pairwise ratios this is what a single bench run can tell: its turns are
-    independent (consecutive runs' rates are uncorrelated), so resampling them is fair. Seeded: the same runs
-    always give the same interval."""
+    likely fall. For the engine's pairwise ratios this is what a single bench run can tell: pairing adjacent runs
+    takes the machine's drift out of each ratio, and the pairs are then close to independent, so resampling them
+    is fair. Seeded: the same runs always give the same interval."""
     rng = random.Random(0)
     medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
     tail = int(draws * (1 - level) / 2)
