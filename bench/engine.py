@@ -170,9 +170,13 @@ def _same_pace(tokens_per_step: float, other: float) -> bool:
     return min(tokens_per_step, other) >= 0.75 * max(tokens_per_step, other)
 
 
+def is_slow_pace(tokens_per_step: float, largest: float) -> bool:
+    """Whether a run met the engine's slow pace: a mean batch under half the largest any run alongside it had."""
+    return tokens_per_step < largest / 2
+
+
 def _slow_runs(ms: list[dict[str, Any]], largest: float) -> int:
-    """Runs that met the engine's slow pace: a mean batch under half the largest any run at that concurrency had."""
-    return sum(1 for m in ms if m.get("tokens_per_step") is not None and m["tokens_per_step"] < largest / 2)
+    return sum(1 for m in ms if m.get("tokens_per_step") is not None and is_slow_pace(m["tokens_per_step"], largest))
 
 
 def _median_of(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float],

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import median, median_interval
-from bench.engine import EnginePlan, baseline_run, one_run
+from bench.engine import EnginePlan, baseline_run, is_slow_pace, one_run
 
 
 def _scrape(url: str, every: float, stop: threading.Event) -> None:
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
         stop.set()
     largest = max(t for runs in found.values() for _, t in runs)
     for client, runs in found.items():
-        slow = sum(1 for _, t in runs if t < largest / 2)  # as section 5 counts slow-pace runs
+        slow = sum(1 for _, t in runs if is_slow_pace(t, largest))
         print(f"{client:9} median {median([r for r, _ in runs]):7.1f} req/s "
               f"{median([t for _, t in runs]):5.0f} tokens/step, slow pace in {slow} of {len(runs)}; "
               "tokens/step per run: " + " ".join(f"{t:.0f}" for _, t in runs))
