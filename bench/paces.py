@@ -6,11 +6,15 @@ and prints, per run, requests/s and the engine's mean tokens per step over it (f
 client, the medians, the runs that met the slow pace, and (with `bare` among the clients) the median of the
 pairwise ratios to the bare loop with its 90% bootstrap interval: section 5's figure, from as many turns as
 `--runs` asks, to settle what 16 turns cannot. With `--metrics-every S`, a thread reads `/metrics` every S seconds
-throughout, like a monitoring scrape, to see what reading it costs the server. Start the server as section 5 does, e.g.:
+throughout, like a monitoring scrape, to see what reading it costs the server. Start the server as section 5 does,
+in a session of its own at a lower CPU weight than the clients (`bench.engine.lower_server_weight`), e.g.:
 
-    VLLM_CPU_KVCACHE_SPACE=1 VLLM_HTTP_TIMEOUT_KEEP_ALIVE=60 python -m vllm.entrypoints.openai.api_server \\
-        --model $(hallurun tiny-model) \\
-        --served-model-name tiny --host 127.0.0.1 --port 8100 --max-model-len 2048
+    VLLM_CPU_KVCACHE_SPACE=1 VLLM_HTTP_TIMEOUT_KEEP_ALIVE=60 setsid nice -n 10 \\
+        python -m vllm.entrypoints.openai.api_server --model $(hallurun tiny-model) \\
+        --served-model-name tiny --host 127.0.0.1 --port 8100 --max-model-len 2048 &
+    echo 10 > /proc/$(pgrep -f 'api_server.*--port 8100' | head -1)/autogroup
+
+Without the last line, which pace each run meets is a lottery (section 5's notes): that is what `--runs` counts.
 """
 
 from __future__ import annotations
