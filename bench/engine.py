@@ -18,7 +18,7 @@ client share the other; a client that gets the CPU late lets the engine step wit
 steps starve the API server further. With every session at the same weight, which pace a run met was a lottery that
 each client's timing tipped (side by side, 15 runs each: the bare loop met the slow pace twice, hallurun 6 times).
 With the clients' session weighted above the server's (theirs raised, or the server's lowered), neither met it in 30
-runs each, and both ran ~15% faster. So the bench starts the server under `nice` and sets its session's autogroup
+runs each, and both ran 15–25% faster. So the bench starts the server under `nice` and sets its session's autogroup
 nice (`lower_server_weight`): a client gets the CPU when its answers arrive, as it does on any machine where it has
 a core of its own, and the ratio measures the client's cost rather than the lottery. Each row still shows the
 engine's tokens per step over its runs, read from its `/metrics` (`vllm:iteration_tokens_total`); `slow-pace runs`
