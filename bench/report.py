@@ -40,6 +40,13 @@ def col(header: str, name: str, fmt: str = "{}") -> Column:
     return Column(header, _key(name), fmt)
 
 
+def _ratio_interval(row: dict[str, Any]) -> tuple[float, float] | None:
+    """Where the median ratio of another run of as many turns would likely fall (none for the bare loop, the
+    reference, nor for offline and upstream, which run once)."""
+    ratios = row.get("ratios") or []
+    return median_interval(ratios) if len(ratios) > 1 and row["client"] != "bare" else None
+
+
 SECTIONS: dict[str, tuple[str, list[Column]]] = {
     "overhead": ("1. Client overhead: the same requests against one mock server", [
         col("latency s", "latency_s", "{:g}"), col("concurrency", "concurrency"), col("client", "client"),
@@ -87,20 +94,13 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         col("max tokens", "max_tokens"), col("tokens generated", "completion_tokens", "{:,}"),
         col("s (median)", "elapsed_s", "{:.1f}"), col("req/s (median)", "rps", "{:,.1f}"),
         col("tokens/s", "tokens_per_s", "{:,.0f}"), col("× bare loop", "ratio_to_bare", "{:.2f}"),
-        Column("90% interval", lambda r: _ratio_interval(r), "{0[0]:.2f}–{0[1]:.2f}"),
+        Column("90% interval", _ratio_interval, "{0[0]:.2f}–{0[1]:.2f}"),
         col("× bare, same pace", "ratio_same_pace", "{:.2f}"), col("same-pace pairs", "same_pace_pairs"),
         col("mean latency ms", "mean_latency_ms", "{:,.0f}"), col("mean in flight", "mean_in_flight", "{:.1f}"),
         col("engine tokens/step", "tokens_per_step", "{:.0f}"), col("slow-pace runs", "slow_runs"),
         col("resent", "resent"), col("retries", "retries"), col("reps", "reps"),
     ]),
 }
-
-
-def _ratio_interval(row: dict[str, Any]) -> tuple[float, float] | None:
-    """Where the median ratio of another run of as many turns would likely fall (none for the bare loop, the
-    reference, nor for offline and upstream, which run once)."""
-    ratios = row.get("ratios") or []
-    return median_interval(ratios) if len(ratios) > 1 and row["client"] != "bare" else None
 
 
 def _poison_outcome(row: dict[str, Any]) -> str:
