@@ -215,12 +215,16 @@ def tiny_model_command(path: Path | None) -> None:
               help="Reject prompts longer than this many tokens with HTTP 400, like vLLM.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="Inject a fault (repeatable): hang-after:N, crash-after:N, error-rate:P, rate-limit:P, "
-                   "stream-error-rate:P, drop-reused:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start.")
+                   "stream-error-rate:P, drop-reused:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start, "
+                   "no-done (streams end without `data: [DONE]`).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random faults.")
 @click.option("--script", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSONL of {"match": TEXT, "response": ANSWER}: a prompt containing TEXT gets ANSWER verbatim.')
+@click.option("--api-key", envvar="VLLM_API_KEY", default=None, show_envvar=True,
+              help="Require this key on /v1 routes, as vLLM's --api-key does.")
 def mock_server_command(host: str, port: int, model_name: str | None, latency: float, token_rate: float,
-                        max_model_len: int | None, faults: tuple[str, ...], seed: int, script: str | None) -> None:
+                        max_model_len: int | None, faults: tuple[str, ...], seed: int, script: str | None,
+                        api_key: str | None) -> None:
     """A fault-injecting server that behaves like vLLM's OpenAI server."""
     from hallurun import mock_server
 
@@ -234,7 +238,7 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         raise click.BadParameter(str(exc), param_hint="--script") from None
     mock_server.serve(mock_server.MockConfig(
         host=host, port=port, model_name=model_name, latency=latency, token_rate=token_rate,
-        max_model_len=max_model_len, faults=parsed, seed=seed, script=scripted,
+        max_model_len=max_model_len, faults=parsed, seed=seed, script=scripted, api_key=api_key,
     ))
 
 

@@ -29,7 +29,8 @@ from aiohttp import web
 from hallurun.jsonl import JsonlError, read_objects
 
 FAULT_KINDS = ("hang-after", "crash-after", "error-rate", "rate-limit", "stream-error-rate", "drop-reused",
-               "poison", "stream-stall", "startup-delay", "fail-start")
+               "poison", "stream-stall", "startup-delay", "fail-start", "no-done")
+_FLAG_FAULTS = frozenset({"fail-start", "no-done"})  # faults that take no value
 _TEXT_FAULTS = frozenset({"poison", "stream-stall"})
 _COUNT_FAULTS = frozenset({"hang-after", "crash-after"})
 _PROBABILITY_FAULTS = ("error-rate", "rate-limit", "stream-error-rate")  # order of the per-request draws
@@ -44,7 +45,7 @@ KV_CACHE_SLOTS = 256  # running requests at which the pretend KV cache is full
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault, e.g. `Fault("hang-after", 3)`; `value` is None for `fail-start`."""
+    """One injected fault, e.g. `Fault("hang-after", 3)`; `value` is None for `fail-start` and `no-done`."""
 
     kind: str
     value: float | int | str | None
@@ -66,6 +67,7 @@ class MockConfig:
     faults: tuple[Fault, ...] = ()
     seed: int = 0
     script: tuple[tuple[str, str], ...] = ()  # (text to find in the prompt, exact answer), first match wins
+    api_key: str | None = None  # like vLLM's --api-key: /v1 routes then need `Authorization: Bearer KEY`
 
 
 def parse_fault(spec: str) -> Fault:
@@ -73,9 +75,9 @@ def parse_fault(spec: str) -> Fault:
     kind, colon, raw = spec.partition(":")
     if kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault {kind!r} in {spec!r}; known: {', '.join(FAULT_KINDS)}")
-    if kind == "fail-start":
+    if kind in _FLAG_FAULTS:
         if colon:
-            raise ValueError(f"fault 'fail-start' takes no value, got {spec!r}")
+            raise ValueError(f"fault {kind!r} takes no value, got {spec!r}")
         return Fault(kind, None)
     if not raw:
         raise ValueError(f"fault {kind!r} needs a value, as in {kind}:VALUE")
@@ -179,7 +181,8 @@ class MockServer:
 
     def app(self) -> web.Application:
         """The aiohttp application with vLLM's routes plus `/restart`."""
-        app = web.Application(client_max_size=64 * 2**20)  # long prompts are the point of some runs
+        # Long prompts are the point of some runs.
+        app = web.Application(client_max_size=64 * 2**20, middlewares=[self.check_key])
         app.add_routes([
             web.get("/health", self.health),
             web.get("/v1/models", self.models),
@@ -189,6 +192,15 @@ class MockServer:
             web.post("/restart", self.restart),
         ])
         return app
+
+    @web.middleware
+    async def check_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """As vLLM with an API key: every /v1 route needs it; /health, /metrics and /restart do not."""
+        key = self.config.api_key
+        if key and request.path.startswith("/v1") and request.headers.get("Authorization") != f"Bearer {key}":
+            return web.Response(status=401, body=orjson.dumps({"error": "Unauthorized"}),
+                                content_type="application/json")
+        return await handler(request)
 
     def number(self, kind: str) -> float | None:
         """The value of a numeric fault, or None when it was not asked for."""
@@ -367,7 +379,7 @@ class MockServer:
     async def stream(self, request: web.Request, job: Job, broken: bool) -> web.StreamResponse:
         """Server-sent events, paced at token_rate or all in one write; never a byte more once wedged. As from
         vLLM (uvicorn), the body's closing empty chunk is a write of its own, after `[DONE]`."""
-        opening, events, closing = _events(job, broken)
+        opening, events, closing = _events(job, broken, done="no-done" not in self.faults)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         try:
             await response.prepare(request)
@@ -415,8 +427,9 @@ def _usage(job: Job, tokens: list[str]) -> dict[str, int]:
             "total_tokens": job.prompt_tokens + len(tokens)}
 
 
-def _events(job: Job, broken: bool) -> tuple[bytes, list[bytes], bytes]:
-    """A stream as (opening, one event per token, closing), so that pacing can sleep between tokens."""
+def _events(job: Job, broken: bool, done: bool = True) -> tuple[bytes, list[bytes], bytes]:
+    """A stream as (opening, one event per token, closing), so that pacing can sleep between tokens. Without
+    `done` (the no-done fault) the body ends after the last event, as some OpenAI-compatible servers do."""
     tokens, finish = job.generate()
     head = {"id": _request_id(job), "object": "chat.completion.chunk" if job.chat else "text_completion",
             "created": int(time.time()), "model": job.model}
@@ -438,7 +451,7 @@ def _events(job: Job, broken: bool) -> tuple[bytes, list[bytes], bytes]:
                            "code": 500}}
         return opening, events[: len(events) // 2], b"data: " + orjson.dumps(error) + b"\n\n"
     usage = event([], usage=_usage(job, tokens)) if job.include_usage else b""
-    return opening, events, usage + b"data: [DONE]\n\n"
+    return opening, events, usage + (b"data: [DONE]\n\n" if done else b"")
 
 
 async def _main(config: MockConfig, startup_delay: float) -> None:

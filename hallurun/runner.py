@@ -164,13 +164,22 @@ class _Session:
         return _finish(config, info, checkpoint, events, stats, outcome, console)
 
 
-def _server_env(config: RunConfig) -> dict[str, str]:
+def api_key(environ: dict[str, str] | os._Environ[str] | None = None) -> str | None:
+    """The one API key of a run: `HALLURUN_API_KEY`, used by the readiness probe, every request and a launched
+    vLLM alike. Read from the environment only, so it never reaches a command line, a log or the manifest."""
+    return (os.environ if environ is None else environ).get(API_KEY_ENV) or None
+
+
+def _server_env(config: RunConfig, key: str | None) -> dict[str, str]:
     env = dict(os.environ)
     # Lets anyone (tests, operators) find every process of this run's server tree.
     env["HALLURUN_RUN_DIR"] = str(config.run_dir.resolve())
-    key = os.environ.get(API_KEY_ENV)
-    if key and config.server.kind == "vllm":
-        env["VLLM_API_KEY"] = key
+    # A VLLM_API_KEY inherited from the user's shell would make a launched vLLM demand a key that hallurun's
+    # requests do not send: the launched server gets exactly the run's key, or none.
+    env.pop("VLLM_API_KEY", None)
+    env.pop(API_KEY_ENV, None)
+    if key and config.server.kind != "external":
+        env["VLLM_API_KEY"] = key  # vLLM (and the mock, which behaves like it) enforce it from there
     return env
 
 
@@ -203,11 +212,10 @@ async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, st
     display = asyncio.create_task(show(stats, console), name="progress")
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            env = _server_env(config)
-            supervisor = Supervisor(config, events, session, env)
+            key = api_key()
+            supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
             activity = Activity()
-            client = Client(session, supervisor.base_url, config.model, config.sampling, activity,
-                            api_key=os.environ.get(API_KEY_ENV))
+            client = Client(session, supervisor.base_url, config.model, config.sampling, activity, api_key=key)
             items = iter_items(config.dataset, config.limit)
             scheduler = Scheduler(config, items, checkpoint, events, supervisor, client, activity, stats)
             metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,

@@ -62,8 +62,9 @@ class Supervisor:
     """Owns the server process (or, for `external`, the URL) across restarts."""
 
     def __init__(self, config: RunConfig, events: EventLog, session: aiohttp.ClientSession,
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], api_key: str | None = None) -> None:
         self.config = config
+        self.api_key = api_key
         self.spec = config.server
         self.events = events
         self.session = session
@@ -163,6 +164,23 @@ class Supervisor:
             return False
         return True
 
+    async def wait_answering(self, deadline: float) -> bool:
+        """After refused connections: wait until `/health` answers 200 again (True), or until `deadline`
+        (`time.monotonic()`) passes or the managed process exits (False). A refusal means "not back yet"."""
+        health = self.base_url + "/health"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.returncode is not None:
+                return False
+            try:
+                async with self.session.get(health, headers=self._auth(),
+                                            timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status == 200:
+                        return True
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.25)  # polling is the only way to learn that a server listens again
+        return False
+
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode if self._proc else None
@@ -226,8 +244,7 @@ class Supervisor:
         raise self._start_error(f"the server is healthy but a generation request failed ({problem})")
 
     def _auth(self) -> dict[str, str]:
-        key = self.env.get("VLLM_API_KEY")
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _check_alive(self) -> None:
         if self._proc is not None and self._proc.returncode is not None:
