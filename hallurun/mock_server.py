@@ -261,6 +261,10 @@ class MockServer:
             _exit(1)
         hang_after = self.number("hang-after")
         if (hang_after is not None and self.arrived > hang_after) or any(p in job.text for p in self.poisons):
+            if not self.wedged.is_set():
+                # One line per real wedge, so tests can count the wedges the server really had.
+                cause = "poison" if any(p in job.text for p in self.poisons) else "hang-after"
+                print(f"mock: wedged ({cause}) at request {self.arrived}", file=sys.stderr, flush=True)
             self.wedged.set()
         failure = self.draw_failure()
         self.running += 1
