@@ -8,6 +8,7 @@ again) and can tear at most the last line, which `repair` cuts off on the next o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from hallurun.durable import RunDirWriteError, fsync_dir, write_atomic
 
 RESULTS = "results.jsonl"
 FAILURES = "failures.jsonl"
@@ -68,12 +71,20 @@ class JsonlLog:
 
     `append` only buffers; `take` hands the buffered bytes to whoever writes them, and `write` puts them on
     disk durably. Splitting the two lets the run write from a worker thread without blocking its event loop.
+    A batch is on disk whole or not at all: a write that fails part-way (disk full, file size limit) is cut back
+    off the file and its bytes are kept for the next try, so a later write can never leave a fragment mid-file.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: list[bytes] = []
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        created = not path.exists()
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if created:
+                fsync_dir(path.parent)  # else a power loss can lose the file with every fsynced line in it
+        except OSError as exc:
+            raise RunDirWriteError(path, exc) from None
 
     def append(self, record: dict[str, Any]) -> None:
         self._pending.append(orjson.dumps(record) + b"\n")
@@ -87,21 +98,43 @@ class JsonlLog:
         self._pending.clear()
         return data
 
+    def put_back(self, data: bytes) -> None:
+        """Return a batch that could not be written to the front of what is pending."""
+        if data:
+            self._pending.insert(0, data)
+
     def write(self, data: bytes) -> None:
-        """Append `data` and fsync. Safe to call from a worker thread."""
+        """Append `data` and fsync, or raise RunDirWriteError with the file as it was. Safe from a worker thread."""
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise RunDirWriteError(self.path, exc) from None
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # shrinking needs no space
+            raise RunDirWriteError(self.path, exc) from None
 
     def flush(self) -> None:
         if self._pending:
-            self.write(self.take())
+            data = self.take()
+            try:
+                self.write(data)
+            except RunDirWriteError:
+                self.put_back(data)
+                raise
 
     def close(self) -> None:
-        self.flush()
-        os.close(self._fd)
+        """Flush and close; the file is closed even when the flush fails (which then raises)."""
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
 
 
 class Checkpoint:
@@ -123,18 +156,20 @@ class Checkpoint:
     def forget_failures(self) -> list[str]:
         """Drop every recorded failure so the items run again (`resume --retry-failed`).
 
-        The old lines move to `failures.retried.jsonl`, so nothing written is lost.
+        The old lines are appended to `failures.retried.jsonl` first, then `failures.jsonl` is replaced by an
+        empty file atomically: a crash in between leaves them in both (retried again next time), never in neither.
         """
         self.flush()
         ids = sorted(self.failed)
         path = self.run_dir / FAILURES
         if path.exists() and path.stat().st_size:
-            with (self.run_dir / "failures.retried.jsonl").open("ab") as out:
-                out.write(path.read_bytes())
-                out.flush()
-                os.fsync(out.fileno())
+            history = JsonlLog(self.run_dir / "failures.retried.jsonl")
+            try:
+                history.write(path.read_bytes())
+            finally:
+                history.close()
             self.failures.close()
-            path.write_bytes(b"")
+            write_atomic(path, b"")
             self.failures = JsonlLog(path)
         self.failed.clear()
         return ids
@@ -183,8 +218,13 @@ class Checkpoint:
 
         def write() -> None:
             try:
-                for log, data in batches:
-                    log.write(data)
+                for n, (log, data) in enumerate(batches):
+                    try:
+                        log.write(data)
+                    except RunDirWriteError:
+                        for later, unwritten in batches[n:]:
+                            later.put_back(unwritten)  # so the last flush on the way out tries them again
+                        raise
             finally:
                 self._writing.release()
 
@@ -192,6 +232,9 @@ class Checkpoint:
         await asyncio.shield(asyncio.to_thread(write))
 
     def close(self) -> None:
+        """Flush and close both logs; both are closed even when a flush fails (which then raises)."""
         with self._writing:
-            self.results.close()
-            self.failures.close()
+            try:
+                self.results.close()
+            finally:
+                self.failures.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,10 +63,44 @@ def _split_operational(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return opts, server
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_BUG = 70  # an unexpected exception: a bug in hallurun, never one of the documented outcomes (BSD's EX_SOFTWARE)
+
+
+class _Hallurun(click.Group):
+    """The command group, with one ending for everything that escapes a command: click's own errors keep their
+    codes, Ctrl-C outside a run is exit 130 (click's default says "Aborted!" with exit 1, which means "done, some
+    items failed"), and an unexpected exception says it is a bug, with exit 70."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except Exception:
+            click.echo(f"hallurun: internal error, a bug in hallurun {__version__} (please report it with the "
+                       f"traceback below); nothing already written is lost", err=True)
+            click.echo(traceback.format_exc(), err=True)
+            sys.exit(EXIT_BUG)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(cls=_Hallurun, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hallurun")
 def main() -> None:
     """Run LLM prompt batches against a supervised inference server, exactly once."""
+    if os.getpid() == 1:
+        # As PID 1 (a container's entry point) the kernel drops a SIGTERM that has no handler: until a run
+        # installs its own, SIGTERM must still stop hallurun, as it does anywhere else.
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command(context_settings={"show_default": True})
@@ -222,9 +259,11 @@ def tiny_model_command(path: Path | None) -> None:
               help='JSONL of {"match": TEXT, "response": ANSWER}: a prompt containing TEXT gets ANSWER verbatim.')
 @click.option("--api-key", envvar="VLLM_API_KEY", default=None, show_envvar=True,
               help="Require this key on /v1 routes, as vLLM's --api-key does.")
+@click.option("--term-delay", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds from a SIGTERM to the exit, serving meanwhile (a slow graceful shutdown).")
 def mock_server_command(host: str, port: int, model_name: str | None, latency: float, token_rate: float,
                         max_model_len: int | None, faults: tuple[str, ...], seed: int, script: str | None,
-                        api_key: str | None) -> None:
+                        api_key: str | None, term_delay: float) -> None:
     """A fault-injecting server that behaves like vLLM's OpenAI server."""
     from hallurun import mock_server
 
@@ -239,6 +278,7 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
     mock_server.serve(mock_server.MockConfig(
         host=host, port=port, model_name=model_name, latency=latency, token_rate=token_rate,
         max_model_len=max_model_len, faults=parsed, seed=seed, script=scripted, api_key=api_key,
+        term_delay=term_delay,
     ))
 
 

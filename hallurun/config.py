@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 Api = Literal["chat", "completions"]
 ServerKind = Literal["vllm", "mock", "external"]
@@ -73,6 +74,13 @@ class RunConfig:
             (self.restart_wait is None or self.restart_wait > 0, "--restart-wait must be positive"),
             (self.limit is None or self.limit >= 0, "--limit must not be negative"),
             (self.sampling.max_tokens >= 1, "--max-tokens must be at least 1"),
+            (self.sampling.temperature >= 0, "--temperature must not be negative"),
+            (0 < self.sampling.top_p <= 1, "--top-p must be above 0 and at most 1"),
+            (self.server.startup_timeout > 0, "--startup-timeout must be positive"),
+            (self.server.port is None or 0 < self.server.port < 65536, "--port must be between 1 and 65535"),
+            (self.server.url is None or not _has_credentials(self.server.url),
+             "--server-url must not carry credentials (user:password@): a command line is visible to every user "
+             "in `ps`; put a bearer key in HALLURUN_API_KEY instead"),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,6 +106,10 @@ class RunConfig:
         data["run_dir"] = Path(data["run_dir"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _has_credentials(url: str) -> bool:
+    return "@" in urlsplit(url).netloc
 
 
 def env_restart_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, Any]:

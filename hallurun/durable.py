@@ -1,4 +1,5 @@
-"""Writing a whole file so that readers see the old one or the new one, never half of either."""
+"""Durable writes to the run directory: whole files that readers see old or new, never half of either; directory
+entries made durable; and one error for a run directory that cannot be written."""
 
 from __future__ import annotations
 
@@ -6,12 +7,35 @@ import os
 from pathlib import Path
 
 
+class RunDirWriteError(Exception):
+    """A file of the run directory could not be written (disk full, quota, file size limit, I/O error)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.path, self.error = path, error
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file just created or renamed into it) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the directory.
+    Raises RunDirWriteError; the old file is then untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunDirWriteError(path, exc) from None

@@ -19,6 +19,12 @@ class JsonlError(ValueError):
 
 def read_objects(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for every non-blank line; JsonlError for a missing file or a bad line."""
+    for line_no, _, record in read_lines(path):
+        yield line_no, record
+
+
+def read_lines(path: Path | str) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """Yield (line number, raw line, object) for every non-blank line; JsonlError as `read_objects`."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the error is reported cleanly
     except OSError as exc:
@@ -33,4 +39,4 @@ def read_objects(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise JsonlError(path, line_no, f"not valid JSON ({exc})") from None
             if not isinstance(record, dict):
                 raise JsonlError(path, line_no, "expected a JSON object")
-            yield line_no, record
+            yield line_no, raw, record

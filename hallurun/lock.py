@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 LOCK = "lock"
+BRIEF_HOLD_S = 2.0  # far longer than `hallurun status` holds it
 
 
 class LockError(Exception):
@@ -28,12 +29,20 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock or raise LockError naming the holder."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._describe_holder(fd)
-            os.close(fd)
-            raise LockError(f"{self.path.parent} is in use by {holder}; wait for it or stop it first") from None
+        # `hallurun status` takes the lock shared for an instant to see whether a run is live: a start that meets
+        # it tries again for a moment rather than refusing.
+        deadline = time.monotonic() + BRIEF_HOLD_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)  # flock has no timed wait; a blocking one could wait for a live run forever
+                    continue
+                holder = self._describe_holder(fd)
+                os.close(fd)
+                raise LockError(f"{self.path.parent} is in use by {holder}; wait for it or stop it first") from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "argv": sys.argv[:3]}
         os.write(fd, orjson.dumps(info) + b"\n")

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 import uuid
@@ -68,6 +69,7 @@ class MockConfig:
     seed: int = 0
     script: tuple[tuple[str, str], ...] = ()  # (text to find in the prompt, exact answer), first match wins
     api_key: str | None = None  # like vLLM's --api-key: /v1 routes then need `Authorization: Bearer KEY`
+    term_delay: float = 0.0  # seconds between a SIGTERM and the exit, like a server shutting down gracefully
 
 
 def parse_fault(spec: str) -> Fault:
@@ -458,7 +460,16 @@ def _events(job: Job, broken: bool, done: bool = True) -> tuple[bytes, list[byte
     return opening, events, usage + (b"data: [DONE]\n\n" if done else b"")
 
 
+def _on_term(delay: float) -> None:
+    """SIGTERM with --term-delay: say so, keep serving, and exit `delay` seconds later (a slow graceful
+    shutdown; a delay past the supervisor's grace is a server that ignores SIGTERM until it is KILLed)."""
+    print(f"mock: SIGTERM, exiting in {delay:g} s", file=sys.stderr, flush=True)
+    asyncio.get_running_loop().call_later(delay, _exit, 0)
+
+
 async def _main(config: MockConfig, startup_delay: float) -> None:
+    if config.term_delay > 0:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _on_term, config.term_delay)
     if startup_delay > 0:
         await asyncio.sleep(startup_delay)  # like vLLM loading weights: connections are refused meanwhile
     server = MockServer(config)

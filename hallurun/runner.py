@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from hallurun import engine, manifest
 from hallurun.checkpoint import Checkpoint
 from hallurun.client import Client
 from hallurun.config import ConfigError, RunConfig
-from hallurun.dataset import DatasetError, DatasetInfo, iter_items, scan
+from hallurun.dataset import DatasetChanged, DatasetError, DatasetInfo, Item, iter_items, scan
+from hallurun.durable import RunDirWriteError, fsync_dir
 from hallurun.events import EventLog
 from hallurun.lock import LockError, RunLock
 from hallurun.progress import progress_line, show, summary_table
@@ -36,6 +39,7 @@ from hallurun.supervisor import ServerStartError, Supervisor
 from hallurun.watchdog import Activity
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_IO = 74  # the run directory cannot be written (BSD's EX_IOERR)
 GENERATION = "generation.jsonl"
 API_KEY_ENV = "HALLURUN_API_KEY"
 
@@ -60,16 +64,29 @@ def latest_run(root: Path = Path("runs")) -> Path:
 
 def start(config: RunConfig, console: Console | None = None) -> int:
     """Start a run, or continue it if its directory already holds the same run."""
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--run-dir {config.run_dir}: cannot create it ({exc.strerror or exc})") from None
+    # Absolute, so that `hallurun resume` finds the data from any working directory.
+    config = dataclasses.replace(config, dataset=config.dataset.absolute())
     with _Session(config.run_dir) as session:
         info = _scan(config)
+        _check_server_python(config)
         _prepare_model(config)
         if (config.run_dir / manifest.MANIFEST).exists():
-            existing = manifest.read(config.run_dir)
-            if existing["fingerprint"] != manifest.fingerprint(config, info.sha256):
+            try:
+                existing = manifest.read(config.run_dir)
+                same = existing["fingerprint"] == manifest.fingerprint(config, info.sha256)
+            except manifest.ManifestError as exc:
+                raise UsageError(f"{exc}; the folder holds a damaged run: choose another --run-dir") from None
+            except (KeyError, TypeError):
+                raise UsageError(f"{config.run_dir / manifest.MANIFEST}: field 'fingerprint' missing; the folder "
+                                 "holds a damaged run: choose another --run-dir") from None
+            if not same:
                 raise UsageError(f"{config.run_dir} holds a different run (task, model, sampling or data differ); "
                                  f"use `hallurun resume {config.run_dir}` or choose another --run-dir")
-        manifest.write(config, info)
+        _write_manifest(config, info)
         return session.drive(config, info, console or Console(soft_wrap=True), resumed=False)
 
 
@@ -80,20 +97,46 @@ def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = Fal
         try:
             saved = manifest.read(run_dir)
             config = RunConfig.from_json(saved["config"])
-            config = dataclasses.replace(config, run_dir=run_dir, retry_failed=retry_failed, **overrides)
+            # The manifest's dataset path is absolute (older runs kept a relative one in their configuration).
+            config = dataclasses.replace(config, run_dir=run_dir, retry_failed=retry_failed,
+                                         dataset=Path(saved["dataset"]["path"]), **overrides)
         except (manifest.ManifestError, ConfigError) as exc:
             raise UsageError(str(exc)) from None
         except (KeyError, TypeError) as exc:
             raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
         info = _scan(config)
+        _check_server_python(config)
         _prepare_model(config)
         if info.sha256 != saved["dataset"]["sha256"]:
             if not force:
                 raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
                                  f"{saved['dataset']['sha256'][:12]} → {info.sha256[:12]}); "
                                  "restore it, or pass --force to continue with the new file")
-            manifest.write(config, info)
+            _write_manifest(config, info)
         return session.drive(config, info, console or Console(soft_wrap=True), resumed=True)
+
+
+def _write_manifest(config: RunConfig, info: DatasetInfo) -> None:
+    try:
+        manifest.write(config, info)
+    except RunDirWriteError as exc:
+        raise UsageError(f"{exc}; nothing was run") from None
+
+
+def _check_server_python(config: RunConfig) -> None:
+    """A `--server-python` that cannot run is bad usage, found before anything starts."""
+    python = config.server.python
+    if python is None or config.server.kind == "external":
+        return
+    if "/" not in python:
+        if shutil.which(python) is None:
+            raise UsageError(f"--server-python {python}: not found on PATH")
+        return
+    path = Path(python).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--server-python {python}: no such file")
+    if not os.access(path, os.X_OK):
+        raise UsageError(f"--server-python {python}: not executable")
 
 
 def _scan(config: RunConfig) -> DatasetInfo:
@@ -143,13 +186,33 @@ class _Session:
         self.lock.release()
 
     def drive(self, config: RunConfig, info: DatasetInfo, console: Console, *, resumed: bool) -> int:
-        checkpoint = Checkpoint(config.run_dir)
-        events = EventLog(config.run_dir)
+        try:
+            checkpoint = Checkpoint(config.run_dir)
+        except RunDirWriteError as exc:
+            return _report_io(config, exc)
+        try:
+            events = EventLog(config.run_dir)
+        except RunDirWriteError as exc:
+            checkpoint.close()
+            return _report_io(config, exc)
+        stats = RunStats(total=info.count)
+        try:
+            outcome = self._run(config, info, checkpoint, events, stats, console, resumed=resumed)
+        finally:
+            try:
+                checkpoint.close()
+            except RunDirWriteError as exc:
+                outcome = _Outcome(EXIT_IO, str(exc))
+        return _finish(config, info, checkpoint, events, stats, outcome, console)
+
+    @staticmethod
+    def _run(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
+             console: Console, *, resumed: bool) -> _Outcome:
         try:
             if config.retry_failed:
                 retried = checkpoint.forget_failures()
                 events.emit("failures_retried", count=len(retried))
-            stats = RunStats(total=info.count, done=len(checkpoint.done), failed=len(checkpoint.failed))
+            stats.done, stats.failed = len(checkpoint.done), len(checkpoint.failed)
             stats.done_at_start = stats.settled
             events.emit("run_resumed" if resumed else "run_started", total=info.count, done=stats.done,
                         failed=stats.failed, repaired_bytes=checkpoint.repaired_bytes)
@@ -158,10 +221,40 @@ class _Session:
             console.print(f"hallurun: {config.task} on {config.model}: {stats.settled}/{info.count} already "
                           f"settled; run dir {config.run_dir}; resume with `{resume_command(config.run_dir)}`",
                           highlight=False)
-            outcome = asyncio.run(_drive(config, checkpoint, events, stats, console))
-        finally:
-            checkpoint.close()
-        return _finish(config, info, checkpoint, events, stats, outcome, console)
+            return asyncio.run(_drive(config, info, checkpoint, events, stats, console))
+        except RunDirWriteError as exc:
+            return _Outcome(EXIT_IO, str(exc))
+
+
+def _report_io(config: RunConfig, exc: RunDirWriteError) -> int:
+    Console(stderr=True, soft_wrap=True).print(
+        f"error: {exc}\nnothing already written is lost; make room, then: {resume_command(config.run_dir)}",
+        highlight=False, markup=False)
+    return EXIT_IO
+
+
+class _Items:
+    """The run's items, each checked against the dataset as validated at the start. A changed file ends the
+    supply (the items in flight still finish) and is kept here for the runner to report, instead of breaking the
+    scheduler that reads it."""
+
+    def __init__(self, config: RunConfig, info: DatasetInfo) -> None:
+        self.config, self.info = config, info
+        self.changed: DatasetChanged | None = None
+
+    def __iter__(self) -> Iterator[Item]:
+        try:
+            yield from iter_items(self.config.dataset, self.config.limit, expected=self.info)
+        except DatasetChanged as exc:
+            self.changed = exc
+
+    def all_settled(self, checkpoint: Checkpoint) -> bool:
+        """Whether no item needs the server (then none is launched: a finished run only writes its files)."""
+        try:
+            return all(checkpoint.is_settled(item.id) for item in iter_items(self.config.dataset, self.config.limit,
+                                                                             expected=self.info))
+        except DatasetChanged:
+            return False
 
 
 def api_key(environ: dict[str, str] | os._Environ[str] | None = None) -> str | None:
@@ -183,51 +276,62 @@ def _server_env(config: RunConfig, key: str | None) -> dict[str, str]:
     return env
 
 
-async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
-                 console: Console) -> _Outcome:
+async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog,
+                 stats: RunStats, console: Console) -> _Outcome:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
     supervisor: Supervisor | None = None
     interrupts = 0
+    stopping = False  # the items are settled (or the run has failed) and the server is being stopped
 
     def on_signal(name: str) -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            events.emit("interrupted", signal=name)
+            with contextlib.suppress(RunDirWriteError):
+                events.emit("interrupted", signal=name, while_stopping=stopping)
+            if stopping:
+                # The run's work is over: let the stop finish, so a complete run still ends as complete.
+                console.print(f"\n{name}: already stopping the server (again to kill it at once)", highlight=False)
+                return
             console.print(f"\n{name}: stopping (again to exit at once)", highlight=False)
             main.cancel()
             return
         # Second signal: no more waiting, but still no orphans and nothing written lost.
         if supervisor is not None:
             supervisor.kill_now()
-        checkpoint.flush()
+        with contextlib.suppress(RunDirWriteError):
+            checkpoint.flush()
         os._exit(EXIT_INTERRUPTED)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    items = _Items(config, info)
     display = asyncio.create_task(show(stats, console), name="progress")
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            key = api_key()
-            supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
-            activity = Activity()
-            client = Client(session, supervisor.base_url, config.model, config.sampling, activity, api_key=key)
-            items = iter_items(config.dataset, config.limit)
-            scheduler = Scheduler(config, items, checkpoint, events, supervisor, client, activity, stats)
-            metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,
-                                               config.metrics_interval), name="metrics")
-            try:
-                await supervisor.start()
-                await scheduler.run()
-            finally:
-                metrics.cancel()
-                await asyncio.gather(metrics, return_exceptions=True)
-                await supervisor.stop()
-                supervisor.close()
+        if not items.all_settled(checkpoint):
+            connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                key = api_key()
+                supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
+                activity = Activity()
+                client = Client(session, supervisor.base_url, config.model, config.sampling, activity,
+                                api_key=key)
+                scheduler = Scheduler(config, iter(items), checkpoint, events, supervisor, client, activity, stats)
+                metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,
+                                                   config.metrics_interval), name="metrics")
+                try:
+                    await supervisor.start()
+                    await scheduler.run()
+                finally:
+                    stopping = True
+                    metrics.cancel()
+                    await asyncio.gather(metrics, return_exceptions=True)
+                    await supervisor.stop()
+                    supervisor.close()
+        stopping = True
     except asyncio.CancelledError:
         if interrupts == 0:
             raise
@@ -235,12 +339,29 @@ async def _drive(config: RunConfig, checkpoint: Checkpoint, events: EventLog, st
         return _Outcome(EXIT_INTERRUPTED, "interrupted")
     except (ServerStartError, RestartBudgetExhausted) as exc:
         return _Outcome(EXIT_SERVER, str(exc))
+    except RunDirWriteError as exc:
+        return _Outcome(EXIT_IO, str(exc))
+    except BaseExceptionGroup as group:
+        # A write that failed inside the scheduler's TaskGroup (the flusher, an event) arrives wrapped.
+        failed = group.subgroup(RunDirWriteError)
+        if failed is None:
+            raise
+        return _Outcome(EXIT_IO, str(_first(failed)))
     finally:
         display.cancel()
         await asyncio.gather(display, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if items.changed is not None:
+        return _Outcome(EXIT_USAGE, f"{items.changed}; the items read before the change are kept. Restore the "
+                                    "file and resume, or resume with --force to continue with the new one")
     return _Outcome(EXIT_OK)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception of a (possibly nested) exception group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
@@ -248,36 +369,59 @@ def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events
     try:
         console.print(summary_table(stats, f"hallurun {config.task} · {config.model}"))
         console.print(progress_line(stats), highlight=False)
+        if outcome.code == EXIT_OK:
+            outcome = _complete(config, info, checkpoint, events, stats, console)
+        if outcome.code in (EXIT_OK, EXIT_FAILED_ITEMS):
+            return outcome.code
         resume_hint = f"resume with: {resume_command(config.run_dir)}"
         if outcome.code == EXIT_INTERRUPTED:
             console.print(f"interrupted; {resume_hint}", highlight=False)
             return EXIT_INTERRUPTED
-        if outcome.code == EXIT_SERVER:
-            events.emit("run_aborted", reason=outcome.message.splitlines()[0])
-            errors = Console(stderr=True, soft_wrap=True)
-            errors.print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
-            return EXIT_SERVER
-        write_generation(config, config.run_dir / GENERATION)
-        code = EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK
-        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed), exit_code=code,
-                    retries=stats.retries, resent=stats.resent)
-        if checkpoint.failed:
-            console.print(f"{len(checkpoint.failed)} item(s) failed (see {config.run_dir / 'failures.jsonl'}):",
-                          highlight=False)
-            for item_id, reason in list(checkpoint.failed.items())[:20]:
-                console.print(f"  {item_id}: {reason}", highlight=False, markup=False)
-            console.print(f"retry them with: {resume_command(config.run_dir)} --retry-failed", highlight=False)
-        console.print(f"results: {config.run_dir / 'results.jsonl'}", highlight=False)
-        return code
+        with contextlib.suppress(RunDirWriteError):  # the disk may be the trouble; the message below still goes
+            events.emit("run_aborted", reason=outcome.message.splitlines()[0], exit_code=outcome.code)
+        if outcome.code == EXIT_IO:
+            resume_hint = f"nothing already written is lost; make room, then {resume_hint}"
+        errors = Console(stderr=True, soft_wrap=True)
+        errors.print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
+        return outcome.code
     finally:
         events.close()
 
 
-def write_generation(config: RunConfig, path: Path) -> int:
-    """Write HalluLens' `generation.jsonl`: input fields plus `generation`, in dataset order, atomically.
+def _complete(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
+              console: Console) -> _Outcome:
+    """Every item is settled: write generation.jsonl and say how the run ended."""
+    try:
+        written, mismatched = write_generation(config, info, config.run_dir / GENERATION)
+        code = EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK
+        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed), exit_code=code,
+                    retries=stats.retries, resent=stats.resent, generation_written=written,
+                    generation_mismatched=mismatched)
+    except DatasetChanged as exc:
+        return _Outcome(EXIT_USAGE, f"{exc}; {GENERATION} was not written. Restore the file and resume")
+    except RunDirWriteError as exc:
+        return _Outcome(EXIT_IO, str(exc))
+    if mismatched:
+        console.print(f"{mismatched} answer(s) were given to an earlier version of their question (the dataset "
+                      f"changed under --force); they are left out of {GENERATION}", highlight=False)
+    if checkpoint.failed:
+        console.print(f"{len(checkpoint.failed)} item(s) failed (see {config.run_dir / 'failures.jsonl'}):",
+                      highlight=False)
+        for item_id, reason in list(checkpoint.failed.items())[:20]:
+            console.print(f"  {item_id}: {reason}", highlight=False, markup=False)
+        console.print(f"retry them with: {resume_command(config.run_dir)} --retry-failed", highlight=False)
+    console.print(f"results: {config.run_dir / 'results.jsonl'}", highlight=False)
+    return _Outcome(code)
 
-    Only byte offsets of the results are held in memory, not the generations, so a run of a million items does
-    not need its answers in RAM at the end.
+
+def write_generation(config: RunConfig, info: DatasetInfo, path: Path) -> tuple[int, int]:
+    """Write HalluLens' `generation.jsonl`: input fields plus `generation`, in dataset order, atomically.
+    Returns (lines written, answers left out because they answered another version of their question).
+
+    Each answer is paired with its question by the run's own id, and written only when the result's prompt is
+    that question's prompt: an answer can only ever sit next to the question it answered. The dataset is read
+    checked against `info` (DatasetChanged if it changed). Only byte offsets of the results are held in memory,
+    not the generations, so a run of a million items does not need its answers in RAM at the end.
     """
     results = config.run_dir / "results.jsonl"
     offsets: dict[str, int] = {}
@@ -289,17 +433,26 @@ def write_generation(config: RunConfig, path: Path) -> int:
                     offsets.setdefault(str(orjson.loads(raw)["id"]), offset)
             offset += len(raw)
     tmp = path.with_suffix(".jsonl.tmp")
-    written = 0
-    with tmp.open("wb") as out, results.open("rb") as fh:
-        for item in iter_items(config.dataset, config.limit):
-            where = offsets.get(item.id)
-            if where is None:
-                continue
-            fh.seek(where)
-            generation = orjson.loads(fh.readline()).get("generation", "")
-            out.write(orjson.dumps({**item.record, "generation": generation}) + b"\n")
-            written += 1
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    return written
+    written = mismatched = 0
+    try:
+        with tmp.open("wb") as out, results.open("rb") as fh:
+            for item in iter_items(config.dataset, config.limit, expected=info):
+                where = offsets.get(item.id)
+                if where is None:
+                    continue
+                fh.seek(where)
+                result = orjson.loads(fh.readline())
+                if result.get("prompt") != item.prompt:
+                    mismatched += 1
+                    continue
+                out.write(orjson.dumps({**item.record, "generation": result.get("generation", "")}) + b"\n")
+                written += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise RunDirWriteError(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written, mismatched
