@@ -68,14 +68,25 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
         raise DatasetError(exc.path, exc.line, exc.message) from None
 
 
+def _still_valid(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """The lines of a file that was valid when validated: a line that no longer parses means it changed."""
+    try:
+        yield from _lines(path)
+    except DatasetChanged:
+        raise
+    except DatasetError as exc:
+        raise DatasetChanged(exc.path, exc.line, f"the file changed during the run ({exc.message})") from None
+
+
 def iter_items(path: Path, limit: int | None = None, expected: DatasetInfo | None = None) -> Iterator[Item]:
     """Yield the dataset's items in file order; items without an `id` get their record index.
 
     With `expected` (the validating pass's result), every record is checked against it: DatasetChanged is raised
     at the first record that differs, and at a record beyond those validated, before the record is yielded.
     """
+    lines = _lines(path) if expected is None else _still_valid(path)
     index = -1
-    for index, (line_no, raw, record) in enumerate(_lines(path)):
+    for index, (line_no, raw, record) in enumerate(lines):
         if limit is not None and index >= limit:
             return
         if expected is not None:

@@ -336,6 +336,9 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
         if interrupts == 0:
             raise
         main.uncancel()
+        # An interrupt as the last items settled (the scheduler winding down) leaves nothing to resume.
+        if items.changed is None and items.all_settled(checkpoint):
+            return _Outcome(EXIT_OK)
         return _Outcome(EXIT_INTERRUPTED, "interrupted")
     except (ServerStartError, RestartBudgetExhausted) as exc:
         return _Outcome(EXIT_SERVER, str(exc))
