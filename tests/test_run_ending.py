@@ -142,7 +142,7 @@ def test_a_failed_batch_is_cut_back_off_the_file_and_kept_for_the_next_flush(tmp
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, old[1]))
     try:
-        with pytest.raises(runner.RunDirWriteError, match="results.jsonl"):
+        with pytest.raises(runner.RunDirWriteError, match=r"results\.jsonl"):
             checkpoint.flush()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old)
