@@ -26,9 +26,11 @@ from rich.console import Console
 
 from hallurun import __version__, heuristic, judges, manifest, runner, status
 from hallurun import stage as run_stage
+from hallurun.checkpoint import RESULTS, read_records
 from hallurun.durable import write_atomic
 from hallurun.jsonl import JsonlError, read_objects
 from hallurun.metrics import (
+    BIN_COUNTS,
     JUDGE_FAILED,
     UNPARSEABLE,
     EntityJudgment,
@@ -160,24 +162,48 @@ def load_run(run_dir: Path, evaluator: str | None = None, *, passages: bool = Fa
     source = run_dir / runner.GENERATION
     if not source.is_file():
         raise EvalError(f"{source}: not found; finish the run with `hallurun resume {run_dir}`")
-    records = _read_answers(source, chosen, passages)
+    records = _read_answers(run_dir, source, chosen, passages)
     if not records:
         raise EvalError(f"{source}: no answers to evaluate")
     return RunInput(run_dir=run_dir, task=task, evaluator=chosen, model=str(cfg.get("model", "?")), source=source,
                     records=records, inference_failed=int(summary["failed"]))
 
 
-def _read_answers(source: Path, evaluator: str, passages: bool) -> list[dict[str, Any]]:
+def _read_answers(run_dir: Path, source: Path, evaluator: str, passages: bool) -> list[dict[str, Any]]:
+    """The run's answers in generation.jsonl's (dataset) order, each keyed by the run's own id for that item.
+
+    generation.jsonl is HalluLens' format: dataset records plus `generation`, with failed items missing, so a
+    record without an `id` cannot be told apart by its position there (the run gave it its dataset position).
+    results.jsonl holds every answer beside its item's id and input fields, written as one line, so it is the
+    authority: a generation.jsonl line with an `id` is that item; the lines without one are, in order, the run's
+    remaining ids, which are dataset positions, in numeric order. Each pairing is checked (same prompt, same
+    answer), and the item's fields are taken from results.jsonl, so an answer only ever sits with its question.
+    """
     wanted, why = _REQUIRED[evaluator]
     if evaluator == "longwiki" and passages:
         wanted, why = "title", "the page title of every question, to find its passages"
-    records = []
+    answers = {str(r["id"]): r for r in read_records(run_dir / RESULTS) if "id" in r}
     try:
         lines = list(read_objects(source))
     except JsonlError as exc:
         raise EvalError(str(exc)) from None
-    for index, (line_no, record) in enumerate(lines):
+    named = {str(record["id"]) for _, record in lines if "id" in record}
+    positional = [i for i in answers if i not in named]
+    unnamed = sum(1 for _, record in lines if "id" not in record)
+    rebuild = f"rebuild it with `hallurun resume {run_dir}`"
+    if unnamed != len(positional) or not all(i.isdecimal() for i in positional):
+        raise EvalError(f"{source}: its {len(lines)} answer(s) do not match the {len(answers)} in "
+                        f"{run_dir / RESULTS}; {rebuild}")
+    by_position = iter(sorted(positional, key=int))
+    records = []
+    for line_no, line in lines:
         where = f"{source}:{line_no}"
+        item_id = str(line["id"]) if "id" in line else next(by_position)
+        result = answers.get(item_id)
+        if result is None or any(line.get(name) != result.get(name) for name in ("prompt", "generation")):
+            raise EvalError(f"{where}: this question and answer are not item {item_id!r} of "
+                            f"{run_dir / RESULTS}; {rebuild}")
+        record = dict(result)  # also the run's bookkeeping (finish_reason, ...), which the judges do not read
         for name in ("prompt", "generation"):
             if not isinstance(record.get(name), str):
                 raise EvalError(f"{where}: field {name!r}: missing or not a string")
@@ -186,8 +212,7 @@ def _read_answers(source: Path, evaluator: str, passages: bool) -> list[dict[str
             record[wanted] = value = str(value)  # a numeric gold answer such as 1889
         if not isinstance(value, str) or not value.strip():
             raise EvalError(f"{where}: field {wanted!r}: missing; a {evaluator} evaluation needs {why}")
-        # generation.jsonl keeps the dataset's records; one without an id had its position as id in the run.
-        record["id"] = str(record.get("id", index))
+        record["id"] = item_id
         records.append(record)
     return records
 
@@ -411,6 +436,12 @@ def to_metrics(evaluator: str, judgments: list[dict[str, Any]]) -> tuple[dict[st
     return longwiki(lw), by_bin(lw, longwiki)
 
 
+def bin_results(bins: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The per-bin part of eval_results.json: each bin's rates (null where undefined, never 0.0) and counts."""
+    return {b: {k: v for k, v in m.items() if k != "counts"}
+            | {k: m["counts"][k] for k in BIN_COUNTS if k in m["counts"]} for b, m in bins.items()}
+
+
 def _bin(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -459,8 +490,7 @@ def evaluate(run: RunInput, judge: Judge, console: Console, *, passages_path: Pa
         **metrics, "counts": counts,
     }
     if bins:
-        results["by_type" if run.evaluator == "mixedentities" else "by_h_score_cat"] = {
-            b: {k: v for k, v in m.items() if k != "counts"} | {"items": m["counts"]["items"]} for b, m in bins.items()}
+        results["by_type" if run.evaluator == "mixedentities" else "by_h_score_cat"] = bin_results(bins)
     if run.evaluator == "longwiki":
         results["evidence"] = NO_WIKIPEDIA.format(passages=f" and the passages in {passages_path}"
                                                   if passages_path else "")

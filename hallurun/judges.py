@@ -6,12 +6,16 @@ after a label that only that template uses ("Question: ...\\nChatbot's answer:" 
 verdict per item and per stage.
 
 Every parser returns None for a reply it cannot read with confidence; the caller re-asks once with
-`retry_prompt` and then records the item as unparseable. A parser never guesses a verdict.
+`retry_prompt` and then records the item as unparseable. A parser never guesses a verdict. Labelled verdicts
+(correctness, support) are read by one rule, written out above `parse_correctness`: the verdict is the label the
+reply concludes, and the templates ask for a reply of one line `Verdict: LABEL`, the form that rule reads first.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -53,7 +57,7 @@ Question: {question}
 Gold answer: {answer}
 Chatbot's answer: {generation}
 
-Reply with one word: CORRECT, INCORRECT or UNVERIFIABLE."""
+Reply with one line and nothing else: "Verdict: CORRECT", "Verdict: INCORRECT" or "Verdict: UNVERIFIABLE"."""
 
 EXISTS_TEMPLATE = """\
 A user asked a chatbot about the {kind} "{name}". That name was made up for a test: no such {kind} exists.
@@ -92,15 +96,15 @@ Evidence:
 
 Claim to check: {claim}
 
-Reply with SUPPORTED or NOT SUPPORTED only."""
+Reply with one line and nothing else: "Verdict: SUPPORTED" or "Verdict: NOT SUPPORTED"."""
 
 # What a retry asks for, per parser: the strict re-prompt names the one format that will be read.
 FORMATS = {
     "abstain": 'the JSON object {"is_abstaining": true} or {"is_abstaining": false}',
-    "correct": "one of the words CORRECT, INCORRECT or UNVERIFIABLE",
+    "correct": 'one of the lines "Verdict: CORRECT", "Verdict: INCORRECT" or "Verdict: UNVERIFIABLE"',
     "exists": 'the JSON object {"believes_exists": true} or {"believes_exists": false}',
     "claims": "a JSON list of strings (use [] when there is no claim)",
-    "verify": "SUPPORTED or NOT SUPPORTED",
+    "verify": 'one of the lines "Verdict: SUPPORTED" or "Verdict: NOT SUPPORTED"',
 }
 
 
@@ -202,46 +206,112 @@ def parse_exists(text: str) -> bool | None:
     return parse_json_bool(text, "believes_exists")
 
 
-def parse_correctness(text: str) -> Correctness | None:
-    """CORRECT / INCORRECT / UNVERIFIABLE from a reply.
+# --- labelled verdicts (correctness, support) ---------------------------------------------------------------
+#
+# The rule, the same for both parsers. A label is a mention of one of the parser's labels: written in capitals
+# anywhere ("so this is INCORRECT"), or in any case when it stands alone (the whole reply, a sentence or a verdict
+# line's whole value, or the first word of the reply or of a verdict line's value when punctuation follows it:
+# "Incorrect. ...", "Verdict: incorrect, it says 1887"). Lower-case labels in running text are never read ("the
+# correct answer is ...", "not correct English").
+#
+#   1. The conclusion is the last verdict line that mentions a label ("Verdict: ...", also "Final verdict",
+#      "Answer", "Final answer", "Label", "Judgment", "Decision"); without one, the last sentence that mentions a
+#      label. What the reply says before its conclusion does not count: "Correct. Although ..., so this is
+#      INCORRECT." concludes INCORRECT.
+#   2. The verdict is the conclusion's label when it mentions exactly one, not negated. Two different labels
+#      ("CORRECT or INCORRECT") or a negated one ("NOT CORRECT": not a label of its own) make the reply
+#      unparseable. For support, NOT SUPPORTED (and UNSUPPORTED) is a label of its own.
+#   3. A reply with no label at all is read as JSON ({"verdict": "INCORRECT"}, {"is_supported": true}) when it
+#      holds exactly one verdict there; otherwise it is unparseable.
+#
+# Unparseable (None) is never a guess: the eval asks again once, more strictly, then records the item as
+# unparseable and leaves it out of every denominator.
 
-    Read: the reply's first word in any case when it stands alone ("Incorrect. The answer was ..."), else the
-    labels written in capitals anywhere, when they are all the same label. Lower-case words in running text are
-    not read: "the correct answer is ..." says nothing about the verdict. Nor is a negated label ("NOT CORRECT").
-    """
+_VERDICT_LINE = re.compile(
+    r"^[ \t>#*-]*(?:final[ \t]+)?(?:verdict|answer|label|judge?ment|decision)[ \t]*[:=][ \t]*(.*?)[ \t]*$",
+    flags=re.IGNORECASE | re.MULTILINE)
+_SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n")
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """One parser's labels: `capitals` finds them in running text, `alone` matches a part that is only a label,
+    `first` a label as the first word of a part, followed by punctuation."""
+
+    capitals: re.Pattern[str]
+    alone: re.Pattern[str]
+    first: re.Pattern[str]
+    canon: Callable[[str], str | None]  # a matched label (any case, maybe negated) → the verdict, None if negated
+
+
+def _mentions(part: str, labels: _Labels, *, opening: bool = False) -> list[str | None]:
+    """The labels a part of a reply mentions, in order (None for a negated label)."""
+    whole = labels.alone.fullmatch(part)
+    if whole:
+        return [labels.canon(whole.group(1))]
+    found = [labels.canon(m.group(0)) for m in labels.capitals.finditer(part)]
+    head = labels.first.match(part) if opening else None
+    return ([labels.canon(head.group(1))] if head else []) + found
+
+
+def _concluded(text: str, labels: _Labels) -> str | bool | None:
+    """The verdict a reply concludes (see the rule above); None when unparseable, False when it has no label."""
     cleaned = _clean(text)
-    # The first word counts only when it stands alone ("Correct." yes, "Correct answer: ..." no).
-    first = re.match(r"[\W_]*([A-Za-z]+)\s*(?:$|[.,:;!\n)-])", cleaned)
-    if first and first.group(1).upper() in CORRECTNESS_LABELS:
-        return first.group(1).upper()  # type: ignore[return-value]
-    if re.search(r"\bNOT\s+(?:CORRECT|INCORRECT|UNVERIFIABLE)\b", cleaned, flags=re.IGNORECASE):
+    conclusion: list[str | None] = []
+    for value in _VERDICT_LINE.findall(cleaned):
+        conclusion = _mentions(value, labels, opening=True) or conclusion
+    if not conclusion:
+        for k, sentence in enumerate(_SENTENCES.split(cleaned)):
+            conclusion = _mentions(sentence, labels, opening=k == 0) or conclusion
+    if not conclusion:
+        return False
+    if None in conclusion or len(set(conclusion)) != 1:
         return None
-    found = set(re.findall(r"\b(CORRECT|INCORRECT|UNVERIFIABLE)\b", cleaned))
-    if len(found) == 1:
-        return found.pop()  # type: ignore[return-value]
-    obj_labels = {str(v).strip().upper() for obj in _json_objects(cleaned) if isinstance(obj, dict)
+    return conclusion[0]
+
+
+def _correctness_label(raw: str) -> str | None:
+    label = raw.strip().upper()
+    return label if label in CORRECTNESS_LABELS else None
+
+
+_CORRECTNESS = _Labels(
+    capitals=re.compile(r"(?:\b(?i:not)\s+)?\b(?:CORRECT|INCORRECT|UNVERIFIABLE)\b"),
+    alone=re.compile(r"[\W_]*((?:not\s+)?(?:correct|incorrect|unverifiable))[\W_]*", flags=re.IGNORECASE),
+    first=re.compile(r"[\W_]*(correct|incorrect|unverifiable)\s*(?:$|[.,:;!)-])", flags=re.IGNORECASE),
+    canon=_correctness_label,
+)
+
+
+def parse_correctness(text: str) -> Correctness | None:
+    """CORRECT / INCORRECT / UNVERIFIABLE: the label the reply concludes (the rule above), or None."""
+    verdict = _concluded(text, _CORRECTNESS)
+    if verdict is not False:
+        return verdict  # type: ignore[return-value]
+    obj_labels = {str(v).strip().upper() for obj in _json_objects(_clean(text)) if isinstance(obj, dict)
                   for v in obj.values() if isinstance(v, str)} & set(CORRECTNESS_LABELS)
     return obj_labels.pop() if len(obj_labels) == 1 else None  # type: ignore[return-value]
 
 
-_SUPPORT = re.compile(r"\b(NOT[\s_-]+SUPPORTED|UNSUPPORTED|SUPPORTED)\b")
+def _support_label(raw: str) -> str | None:
+    return "SUPPORTED" if re.sub(r"[\s_-]+", " ", raw.strip().upper()) == "SUPPORTED" else "NOT SUPPORTED"
+
+
+_SUPPORT = _Labels(
+    capitals=re.compile(r"\b(?:(?i:not)[\s_-]+SUPPORTED|UNSUPPORTED|SUPPORTED)\b"),
+    alone=re.compile(r"[\W_]*(not[\s_-]+supported|unsupported|supported)[\W_]*", flags=re.IGNORECASE),
+    first=re.compile(r"[\W_]*(not[\s_-]+supported|unsupported|supported)\s*(?:$|[.,:;!)-])", flags=re.IGNORECASE),
+    canon=_support_label,
+)
 
 
 def parse_support(text: str) -> bool | None:
-    """SUPPORTED → True, NOT SUPPORTED (or UNSUPPORTED) → False; also `{"is_supported": bool}`.
-
-    The first words are read in any case when they stand alone; elsewhere only capitals count, and every label
-    found must agree.
-    """
-    cleaned = _clean(text)
-    head = re.match(r"[\W_]*(not[\s_-]+supported|unsupported|supported)\s*(?:$|[.,:;!\n)-])", cleaned,
-                    flags=re.IGNORECASE)
-    if head:
-        return head.group(1).lower() == "supported"
-    found = {label == "SUPPORTED" for label in _SUPPORT.findall(cleaned)}
-    if len(found) == 1:
-        return found.pop()
-    return parse_json_bool(text, "is_supported")
+    """SUPPORTED → True, NOT SUPPORTED (or UNSUPPORTED) → False: the label the reply concludes (the rule above);
+    failing any label, `{"is_supported": bool}`; else None."""
+    verdict = _concluded(text, _SUPPORT)
+    if verdict is False:
+        return parse_json_bool(text, "is_supported")
+    return None if verdict is None else verdict == "SUPPORTED"
 
 
 _NO_CLAIMS = re.compile(r"^(?:no(?:ne| (?:verifiable |atomic )?(?:claims?|facts?)(?: found)?)|\[\s*\])\.?$", re.I)

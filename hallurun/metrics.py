@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 
 RECALL_K = 32
 UNPARSEABLE, JUDGE_FAILED = "unparseable", "judge_failed"
+# The counts kept beside each bin's rates in eval_results.json and its tables: the rates' denominators, so that an
+# undefined (null, "n/a") rate shows why, e.g. 0 answered.
+BIN_COUNTS = ("items", "scored", "answered", "answering")
 
 J = TypeVar("J")
 
@@ -115,8 +118,14 @@ class LongJudgment:
 
 
 def prompt_scores(supported: int, claims: int, k: int = RECALL_K) -> tuple[float, float, float]:
-    """One answer's (precision, recall@k, F1@k): supported/claims, min(supported/k, 1), their harmonic mean."""
-    precision = supported / claims if claims else 0.0
+    """One answer's (precision, recall@k, F1@k): supported/claims, min(supported/k, 1), their harmonic mean.
+
+    An answer without a claim that has a verdict has no precision (it is an abstention, or not scored): callers
+    leave it out, and passing `claims=0` is an error rather than a made-up 0.0.
+    """
+    if claims <= 0:
+        raise ValueError("precision is undefined for an answer without a claim with a verdict")
+    precision = supported / claims
     recall = min(supported / k, 1.0)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return precision, recall, f1

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hallurun.metrics import BIN_COUNTS
+
 # Each evaluator's headline metrics, in HalluLens' key names and order.
 METRICS = {
     "precisewikiqa": ("halu_Rate", "refusal_rate", "correct_rate"),
@@ -24,8 +26,12 @@ LABELS = {
 }
 
 
+UNDEFINED = "n/a"  # a rate whose denominator is empty: undefined, never shown as 0 %
+
+
 def percent(value: Any) -> str:
-    return "--" if value is None else f"{100 * float(value):.1f}%"
+    """A rate as a percentage; `n/a` for an undefined rate (None: nothing to divide by)."""
+    return UNDEFINED if value is None else f"{100 * float(value):.1f}%"
 
 
 def judge_label(results: dict[str, Any]) -> str:
@@ -54,13 +60,16 @@ def bins_table(results: dict[str, Any]) -> Table | None:
     if not bins:
         return None
     names = METRICS[results["evaluator"]]
+    # The rates' denominators beside them, so an `n/a` shows why (e.g. 0 answered); older results lack them.
+    counts = [c for c in BIN_COUNTS if any(c in values for values in bins.values())]
     table = Table(title=f"by {key[3:]}", title_justify="left")
     table.add_column(key[3:])
-    table.add_column("items", justify="right")
+    for name in counts:
+        table.add_column(name, justify="right")
     for name in names:
         table.add_column(name, justify="right")
     for b, values in bins.items():
-        table.add_row(b, str(values["items"]), *(percent(values.get(n)) for n in names))
+        table.add_row(b, *(str(values.get(c, "")) for c in counts), *(percent(values.get(n)) for n in names))
     return table
 
 
@@ -89,6 +98,6 @@ def agreement_table(report: dict[str, Any]) -> Table:
                           ("Cohen's kappa", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for d in report["decisions"]:
-        kappa = "--" if d["kappa"] is None else f"{d['kappa']:.3f}"
+        kappa = UNDEFINED if d["kappa"] is None else f"{d['kappa']:.3f}"
         table.add_row(d["decision"], str(d["items"]), str(d["agree"]), percent(d["agreement"]), kappa)
     return table

@@ -337,3 +337,65 @@ def test_bad_inputs_get_one_line_and_exit_2(hallurun: Hallurun, tmp_path: Path) 
     assert failed["refusal_rate"] is None and "failed judge request" in proc.stdout
     judged = read_jsonl(adhoc / "eval" / "small-judge" / "judgments.jsonl")
     assert {j["problem"] for j in judged} == {"judge_failed"} and "http_400" in judged[0]["judge_replies"]["abstain"]
+
+
+def test_eval_keys_judgments_by_the_runs_ids_when_items_without_ids_failed(hallurun: Hallurun,
+                                                                           tmp_path: Path) -> None:
+    """Records without `id` get their position as id; two of them fail (a prompt too long for the mock's context),
+    so generation.jsonl lacks them. Every judgment must still sit with its own question, gold answer and answer."""
+    too_long = {2, 5}
+    records = []
+    for i in range(8):
+        words = " ".join(f"filler{k}" for k in range(60)) if i in too_long else "in one word"
+        records.append({"prompt": f"Which colour is flag number {i}? Answer {words}.", "answer": f"colour{i}",
+                        "h_score_cat": i % 3})
+    dataset = write_jsonl(tmp_path / "no-ids.jsonl", records)
+    # The tested model answers the gold answer for even positions and a wrong one for odd positions.
+    answers = script(tmp_path / "answers.jsonl", [
+        (r["prompt"], f"It is {r['answer']}." if i % 2 == 0 else "It is mauve.") for i, r in enumerate(records)])
+    run_dir = tmp_path / "run"
+    ok(hallurun.run("inference", "--task", "precisewikiqa", "--dataset", str(dataset), "--model", "tested-model",
+                    "--server", "mock", "--run-dir", str(run_dir), "--max-tokens", "16", "--",
+                    "--max-model-len", "50", "--script", str(answers)), code=1)
+    assert {f["id"] for f in read_jsonl(run_dir / "failures.jsonl")} == {str(i) for i in too_long}
+    answered = [i for i in range(8) if i not in too_long]
+
+    def check(judgments: list[dict[str, Any]], verdict_of: dict[int, str]) -> None:
+        assert [j["id"] for j in judgments] == [str(i) for i in answered]  # dataset order, failed ones missing
+        for j in judgments:
+            i = int(j["id"])
+            assert (j["prompt"], j["answer"], j["h_score_cat"]) == (
+                records[i]["prompt"], records[i]["answer"], records[i]["h_score_cat"]), j
+            assert j["generation"] == (f"It is colour{i}." if i % 2 == 0 else "It is mauve."), j
+            assert j["verdict"] == verdict_of[i], j
+
+    # The heuristic judge: right for even positions, wrong for odd ones.
+    ok(hallurun.run("eval", str(run_dir)))
+    check(read_jsonl(run_dir / "eval" / "heuristic" / "judgments.jsonl"),
+          {i: "CORRECT" if i % 2 == 0 else "INCORRECT" for i in answered})
+    heur = results(run_dir / "eval_results.json")
+    assert heur["counts"]["items"] == 6 and heur["counts"]["inference_failed"] == 2
+    assert heur["halu_Rate"] == pytest.approx(3 / 6)  # answered 0, 1, 3, 4, 6, 7: the odd ones are wrong
+
+    # A scripted model judge whose verdict depends on the question alone: UNVERIFIABLE for positions 3 and 6.
+    verdict_of = {i: "UNVERIFIABLE" if i in (3, 6) else "CORRECT" for i in answered}
+    verdicts = script(tmp_path / "judge.jsonl", [
+        *((abstain_match(records[i]["prompt"]), '{"is_abstaining": false}') for i in answered),
+        *((correct_match(records[i]["prompt"]), f"Verdict: {verdict_of[i]}") for i in answered)])
+    ok(hallurun.run("eval", str(run_dir), "--judge", "judge-model", "--judge-server", "mock", "--", "--script",
+                    str(verdicts)))
+    check(read_jsonl(run_dir / "eval" / "judge-model" / "judgments.jsonl"), verdict_of)
+    stage = {r["id"]: r["prompt"] for r in read_jsonl(run_dir / "eval" / "judge-model" / "correct" / "prompts.jsonl")}
+    for i in answered:
+        assert records[i]["prompt"] in stage[str(i)] and f"Gold answer: colour{i}\n" in stage[str(i)]
+    assert results(run_dir / "eval_results.json")["halu_Rate"] == pytest.approx(2 / 6)
+
+    # A generation.jsonl whose answers were swapped between two questions is refused, not scored.
+    generation = run_dir / "generation.jsonl"
+    lines = read_jsonl(generation)
+    lines[0]["generation"], lines[1]["generation"] = lines[1]["generation"], lines[0]["generation"]
+    write_jsonl(generation, lines)
+    proc = hallurun.run("eval", str(run_dir))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{generation}:1: this question and answer are not item '0'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import io
+import math
+import re
 
-from hallurun import heuristic, judges
-from hallurun.evaluate import Verdict, judge_precisewikiqa, to_metrics
+import orjson
+import pytest
+from rich.console import Console
+
+from hallurun import chart, heuristic, judges, report
+from hallurun.evaluate import Verdict, bin_results, judge_precisewikiqa, to_metrics
 from hallurun.metrics import (
     EntityJudgment,
     LongJudgment,
@@ -134,17 +140,46 @@ def test_parse_abstention(reply: str, expected: bool | None) -> None:
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
+    # The whole reply is a label, in any case, with or without emphasis or punctuation.
     ("CORRECT", "CORRECT"),
     ("INCORRECT", "INCORRECT"),  # not read as CORRECT
-    ("Incorrect. The response says 1887.", "INCORRECT"),
+    ("incorrect", "INCORRECT"),
     ("**UNVERIFIABLE**", "UNVERIFIABLE"),
+    ("Correct.", "CORRECT"),
+    # The requested form, and other verdict lines: read from that line alone.
+    ("Verdict: INCORRECT", "INCORRECT"),
+    ("**Verdict:** unverifiable", "UNVERIFIABLE"),
+    ("The gold answer is 1889 and the response says 1889.\nFinal answer: CORRECT", "CORRECT"),
+    ("Verdict: INCORRECT\nThe CORRECT year is 1889, not 1887.", "INCORRECT"),
+    ("Answer: INCORRECT\nReason: the CORRECT answer is 1889.", "INCORRECT"),
+    ("Verdict: CORRECT or INCORRECT", None),  # two labels in the conclusion
+    ("Verdict: Incorrect, the response says 1887.", "INCORRECT"),
+    ("Verdict: Correct answer is 1889, so it is wrong", None),  # "Correct answer": not a label standing alone
+    # A leading label word in any case, when nothing later concludes otherwise.
+    ("Incorrect. The response says 1887.", "INCORRECT"),
+    ("Incorrect, the response says 1887.", "INCORRECT"),
+    # The conclusion wins over an opening word (issue 13, item 10).
+    ("Correct. Although the response names the right city, it gives 1887, so this is INCORRECT.", "INCORRECT"),
+    ("CORRECT. On a closer look the response gives 1887, not 1889. INCORRECT", "INCORRECT"),
     ("The response gives 1889, which matches. CORRECT", "CORRECT"),
     ("Correct answer: 1889; the response says 1887, so INCORRECT", "INCORRECT"),
+    ("The response gives 1887 while the gold answer is 1889.\n\nTherefore the response is INCORRECT.", "INCORRECT"),
+    # A lower-case "not correct" in running text does not veto a clear label.
+    ("The spelling is not correct, but it names the same person. CORRECT", "CORRECT"),
+    ("The wording is not correct English; still, the answer is the right one.\nVerdict: CORRECT", "CORRECT"),
     ('{"verdict": "UNVERIFIABLE"}', "UNVERIFIABLE"),
+    ('{"verdict": "incorrect"}', "INCORRECT"),
+    # Unparseable: negated labels, two labels in the conclusion, no label, lower case in running text.
     ("NOT CORRECT", None),
-    ("the response is correct", None),  # lower case in running text says nothing
+    ("Not correct.", None),
+    ("INCORRECT. The response is not CORRECT.", None),
     ("CORRECT or INCORRECT", None),
+    ("It could be CORRECT or INCORRECT, hard to say.", None),
+    ("the response is correct", None),  # lower case in running text says nothing
+    ("the response is incorrect, so the verdict is unclear", None),
+    ("Verdict: unclear", None),
     ("maybe", None),
+    ("", None),
 ])
 def test_parse_correctness(reply: str, expected: str | None) -> None:
     assert judges.parse_correctness(reply) == expected
@@ -152,11 +187,46 @@ def test_parse_correctness(reply: str, expected: str | None) -> None:
 
 @pytest.mark.parametrize(("reply", "expected"), [
     ("SUPPORTED", True), ("Not supported.", False), ("NOT_SUPPORTED", False), ("Unsupported", False),
+    ("supported", True), ("Verdict: NOT SUPPORTED", False), ("Verdict: supported", True),
     ("The claim is NOT SUPPORTED by the evidence.", False), ('{"is_supported": true}', True),
-    ("SUPPORTED or NOT SUPPORTED", None), ("I cannot tell", None),
+    # The conclusion wins over the first word; lower-case prose does not veto a label.
+    ("Supported. However, the evidence gives 1890, not 1889, so the claim is NOT SUPPORTED.", False),
+    ("Not supported at first sight, but the second passage states it. SUPPORTED", True),
+    ("The evidence is not supported by a source, yet it states the claim.\nVerdict: SUPPORTED", True),
+    ("Verdict: SUPPORTED\nThe passage that is NOT SUPPORTED by others is irrelevant here.", True),
+    ("SUPPORTED or NOT SUPPORTED", None), ("I cannot tell", None), ("the claim is supported", None),
+    ("Verdict: SUPPORTED or NOT SUPPORTED", None), ("", None),
 ])
 def test_parse_support(reply: str, expected: bool | None) -> None:
     assert judges.parse_support(reply) is expected
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ('{"is_abstaining": true}', True),
+    ('Verdict: {"is_abstaining": false}', False),
+    ('The chatbot says it cannot verify the date.\n{"is_abstaining": true}', True),
+    ('{"is_abstaining": false, "reason": "it answers 1889"}', False),
+    ('{"is_abstaining": true}\nOn reflection: {"is_abstaining": false}', None),  # two verdicts: never a guess
+    ('It abstains: "is_abstaining" = true', True),
+    ('{"is_abstaining": null}', None),
+    ("true", None),
+])
+def test_parse_abstention_more_replies(reply: str, expected: bool | None) -> None:
+    assert judges.parse_abstention(reply) is expected
+
+
+def test_templates_ask_for_what_the_parsers_read() -> None:
+    """Every label a template offers, written the way it asks, reads back as that label."""
+    c = judges.correctness_prompt("Q?", "gold", "A.")
+    for label in judges.CORRECTNESS_LABELS:
+        assert f"Verdict: {label}" in c and judges.parse_correctness(f"Verdict: {label}") == label
+    v = judges.verify_prompt("C.", "E.")
+    assert "Verdict: SUPPORTED" in v and "Verdict: NOT SUPPORTED" in v
+    assert judges.parse_support("Verdict: SUPPORTED") is True
+    assert judges.parse_support("Verdict: NOT SUPPORTED") is False
+    for fmt, parse in (("correct", judges.parse_correctness), ("verify", judges.parse_support)):
+        assert "Verdict:" in judges.retry_prompt("ORIGINAL", "hmm", fmt)
+        assert parse(judges.retry_prompt("ORIGINAL", "hmm", fmt)) is None  # the prompt offers every label
 
 
 def test_parse_claims_and_exists() -> None:
@@ -243,3 +313,65 @@ def test_heuristic_claims_and_support() -> None:
     assert heuristic.supported("Marie Curie was born in Warsaw in 1867.", evidence)
     assert not heuristic.supported("Marie Curie was born in Warsaw in 1868.", evidence)  # numbers must match
     assert not heuristic.supported("She won two Nobel Prizes!", evidence)
+
+
+# --- undefined rates: None in the results, NaN in the chart, n/a in the tables ------------------------------
+
+
+def _results_with_an_unanswered_bin() -> dict:
+    judgments = [
+        {"id": "a", "h_score_cat": 0, "abstained": True, "verdict": None, "problem": None},  # bin 0: all abstain
+        {"id": "b", "h_score_cat": 0, "abstained": True, "verdict": None, "problem": None},
+        {"id": "c", "h_score_cat": 5, "abstained": False, "verdict": "CORRECT", "problem": None},
+        {"id": "d", "h_score_cat": 5, "abstained": False, "verdict": "INCORRECT", "problem": None},
+        {"id": "e", "h_score_cat": 9, "abstained": None, "verdict": None, "problem": "unparseable"},  # bin 9: none
+    ]
+    metrics, bins = to_metrics("precisewikiqa", judgments)
+    metrics.pop("counts")
+    return {"evaluator": "precisewikiqa", "model": "m", "judge": "j", **metrics, "counts": {"items": 5},
+            "by_h_score_cat": bin_results(bins or {})}
+
+
+def test_undefined_rates_are_null_in_eval_results_never_zero() -> None:
+    results = _results_with_an_unanswered_bin()
+    saved = orjson.loads(orjson.dumps(results))
+    assert saved["by_h_score_cat"]["0"] == {"halu_Rate": None, "refusal_rate": 1.0, "correct_rate": 0.0,
+                                            "items": 2, "scored": 2, "answered": 0}
+    assert saved["by_h_score_cat"]["9"]["halu_Rate"] is None and saved["by_h_score_cat"]["9"]["refusal_rate"] is None
+    assert saved["by_h_score_cat"]["5"]["halu_Rate"] == 0.5 and saved["halu_Rate"] == 0.5
+    with pytest.raises(ValueError):
+        prompt_scores(0, 0)  # no claim with a verdict: no precision, not 0.0
+
+
+def test_chart_series_leave_undefined_rates_as_gaps() -> None:
+    labels, bars = chart.series(_results_with_an_unanswered_bin())
+    assert labels == ["0", "5", "9"]
+    halu, refusal = bars
+    assert halu.key == "halu_Rate" and refusal.key == "refusal_rate"
+    assert math.isnan(halu.values[0]) and halu.values[1] == 50.0 and math.isnan(halu.values[2])
+    assert refusal.values[:2] == [100.0, 0.0] and math.isnan(refusal.values[2])
+    assert halu.gap_note(0) == "n/a\n0 answered" and halu.gap_note(1) is None
+    assert refusal.gap_note(2) == "n/a\n0 scored" and refusal.gap_note(0) is None
+    assert chart.tick_labels(_results_with_an_unanswered_bin()) == ["0\n2 items", "5\n2 items", "9\n1 item"]
+
+
+def test_tables_show_undefined_rates_as_n_a() -> None:
+    results = _results_with_an_unanswered_bin()
+
+    def text(table: object) -> str:
+        console = Console(file=io.StringIO(), width=200, color_system=None)
+        console.print(table)
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in re.split("[│┃]", line)[1:-1]]
+
+    rows = {cells(line)[0]: cells(line)[1:] for line in text(report.bins_table(results)).splitlines()
+            if len(cells(line)) > 3}
+    assert rows.pop("h_score_cat") == ["items", "scored", "answered", "halu_Rate", "refusal_rate", "correct_rate"]
+    assert rows == {"0": ["2", "2", "0", "n/a", "100.0%", "0.0%"], "5": ["2", "2", "2", "50.0%", "0.0%", "50.0%"],
+                    "9": ["1", "0", "0", "n/a", "n/a", "n/a"]}
+    overall = {cells(line)[2]: cells(line)[1] for line in text(report.metrics_table({**results, "halu_Rate": None}))
+               .splitlines() if len(cells(line)) == 3}
+    assert overall["halu_Rate"] == "n/a" and overall["refusal_rate"] == "50.0%"
+    assert report.percent(None) == "n/a" and report.percent(0.0) == "0.0%"
