@@ -7,6 +7,7 @@ import contextlib
 import os
 import pty
 import random
+import re
 import select
 import signal
 import socket
@@ -207,6 +208,7 @@ class HallurunRun:
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0  # user + system, the whole process
     samples: list[Sample] = field(default_factory=list)
+    timed_out: bool = False  # killed by the bench at its timeout (only with `kill_on_timeout`)
 
     def first(self, name: str) -> dict[str, Any] | None:
         return next((e for e in self.events if e["event"] == name), None)
@@ -294,10 +296,11 @@ def _count_lines(path: Path, state: list[int]) -> int:
 
 
 def run_hallurun(args: Sequence[str], run_dir: Path, *, timeout: float, terminal: bool = True,
-                 sample_every: float = 0.0) -> HallurunRun:
+                 sample_every: float = 0.0, kill_on_timeout: bool = False) -> HallurunRun:
     """Run `hallurun ARGS` to its end. With `terminal`, its output goes to a pseudo-terminal, so it draws its live
     display as it does for a user; with `sample_every`, its RSS, CPU time and result count are sampled that
-    often."""
+    often. Past `timeout` it raises, or with `kill_on_timeout` is killed and returned with `timed_out` set (for
+    the tables that report a client that did not finish rather than stop the bench)."""
     cmd = hallurun_cmd(*args)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.output.log"
@@ -328,6 +331,7 @@ def run_hallurun(args: Sequence[str], run_dir: Path, *, timeout: float, terminal
     samples: list[Sample] = []
     lines = [0, 0]
     exited = os.pidfd_open(proc.pid)  # readable once hallurun has exited
+    timed_out = False
     try:
         deadline = began + timeout
         while True:
@@ -336,15 +340,20 @@ def run_hallurun(args: Sequence[str], run_dir: Path, *, timeout: float, terminal
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{shown(cmd)} ran past {timeout}s; see {log}")
+            if not timed_out and time.monotonic() > deadline:
+                if not kill_on_timeout:
+                    raise RuntimeError(f"{shown(cmd)} ran past {timeout}s; see {log}")
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # reaped by wait4 above once the pidfd says it exited
             if sample_every:
                 now, rss, cpu = time.time(), _status_kb(proc.pid, "VmRSS"), _cpu_s(proc.pid)
                 if rss is not None and cpu is not None:
                     samples.append(Sample(now, rss / 1024, _count_lines(run_dir / "results.jsonl", lines), cpu))
             # Unless sampling, sleep until the exit: a bench that woke 20 times a second during hallurun's runs
             # only would load the shared cores beside one of the clients it compares and not the other.
-            select.select([exited], [], [], sample_every or max(0.0, deadline - time.monotonic()))
+            select.select([exited], [], [], sample_every or (None if timed_out else
+                                                              max(0.0, deadline - time.monotonic())))
         wall = time.monotonic() - began
     finally:
         os.close(exited)
@@ -355,7 +364,19 @@ def run_hallurun(args: Sequence[str], run_dir: Path, *, timeout: float, terminal
             os.close(leader)
     return HallurunRun(cmd=cmd, run_dir=run_dir, returncode=proc.returncode, launched_at=launched_at, wall_s=wall,
                        events=events(run_dir),
-                       peak_rss_mb=usage.ru_maxrss / 1024, cpu_s=usage.ru_utime + usage.ru_stime, samples=samples)
+                       peak_rss_mb=usage.ru_maxrss / 1024, cpu_s=usage.ru_utime + usage.ru_stime, samples=samples,
+                       timed_out=timed_out)
+
+
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]")
+
+
+def last_line(text: str, limit: int = 200) -> str | None:
+    """The last non-blank line of a client's output, terminal control sequences removed: what it said as it
+    stopped (`error: ...`, a traceback's last line)."""
+    lines = [line.strip() for line in _CONTROL.sub("", text).replace("\r", "\n").splitlines()]
+    found = next((line for line in reversed(lines) if line), None)
+    return None if found is None else found[:limit]
 
 
 def count_wedges(server_log: Path) -> int:
@@ -364,7 +385,9 @@ def count_wedges(server_log: Path) -> int:
 
     if not server_log.exists():
         return 0
-    return server_log.read_bytes().count(WEDGED_LINE.encode())
+    # Whole lines only: the mock now also says `mock: wedged (hang-after) at request N` itself, and counting the
+    # text anywhere counted each wedge twice (6 wedges for 3 restarts in a quick run).
+    return sum(1 for line in server_log.read_bytes().splitlines() if line.strip() == WEDGED_LINE.encode())
 
 
 def exactly_once(run_dir: Path, ids: Sequence[str]) -> tuple[int, int]:

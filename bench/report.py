@@ -22,9 +22,10 @@ class Column:
     header: str
     value: Callable[[dict[str, Any]], Any]
     fmt: str = "{}"
+    finished_only: bool = False  # a figure that means nothing for a client that aborted: shown as "–" then
 
     def cell(self, row: dict[str, Any]) -> str:
-        value = self.value(row)
+        value = None if self.finished_only and aborted(row) else self.value(row)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "–"
         if isinstance(value, bool):
@@ -36,8 +37,58 @@ def _key(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda row: row.get(name)
 
 
-def col(header: str, name: str, fmt: str = "{}") -> Column:
-    return Column(header, _key(name), fmt)
+def col(header: str, name: str, fmt: str = "{}", *, finished_only: bool = False) -> Column:
+    return Column(header, _key(name), fmt, finished_only)
+
+
+# -- how a client's run ended (sections 2 and 3) --------------------------------------------------------------
+
+REASON_CHARS = 90  # the whole reason stays in the results file; a table cell gets its start
+
+
+def ended(row: dict[str, Any], key: str = "ended") -> dict[str, Any] | None:
+    """How the row's client run ended: {finished, exit_code, reason, not_done}. Files written before the bench
+    recorded it give only `finished` and hallurun's exit code, which are read instead."""
+    found = row.get(key)
+    if found is None and key == "ended" and "finished" in row:
+        found = {"finished": row["finished"], "exit_code": (row.get("detail") or {}).get("exit_code")}
+    return found
+
+
+def aborted(row: dict[str, Any]) -> bool:
+    """Whether the row's client stopped before it claimed to have settled every item."""
+    found = ended(row)
+    return found is not None and not found["finished"]
+
+
+def ended_text(found: dict[str, Any] | None) -> str | None:
+    """`finished (exit 0)`, or `aborted: exit 3 (the reason it gave)`: an abort is never shown as lost items."""
+    if found is None:
+        return None
+    code, reason = found.get("exit_code"), found.get("reason")
+    if found["finished"]:
+        return "finished" if code is None else f"finished (exit {code})"
+    if reason and len(reason) > REASON_CHARS:
+        reason = reason[:REASON_CHARS - 1] + "…"
+    if code is None:  # killed by the bench: the reason says so
+        return f"aborted: {reason or 'killed'}"
+    return f"aborted: exit {code}" + (f" ({reason})" if reason else "")
+
+
+def _run_ended(row: dict[str, Any]) -> str | None:
+    return ended_text(ended(row))
+
+
+def _clean_run_ended(row: dict[str, Any]) -> str | None:
+    return ended_text(ended(row, "clean_ended"))
+
+
+def _lost(row: dict[str, Any]) -> Any:
+    """Items a finished client did not return; for an aborted one, not a loss: how many it had not done."""
+    if not aborted(row):
+        return row.get("lost")
+    not_done = (ended(row) or {}).get("not_done")
+    return "– (aborted)" if not_done is None else f"– (aborted with {not_done} not done)"
 
 
 def _ratio_interval(row: dict[str, Any]) -> tuple[float, float] | None:
@@ -56,21 +107,24 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
     ]),
     "recovery": ("2. Recovery from wedges (hang-after:K, concurrency 64, every duration ÷ scale)", [
         col("client", "client"), col("items", "items"), col("wedge every", "wedge_every"),
-        col("durations ÷", "scale", "{:g}"),
-        col("fault-free s", "clean_s", "{:.1f}"), col("with wedges s", "faulty_s", "{:.1f}"),
-        col("× fault-free", "slowdown", "{:.1f}"), col("wedges", "wedges"), col("s lost / wedge", "lost_per_wedge_s",
-                                                                                "{:.1f}"),
-        col("restarts", "restarts"), col("restarts / wedge", "restarts_per_wedge", "{:.2f}"), col("lost", "lost"),
+        col("durations ÷", "scale", "{:g}"), col("mock start s (measured)", "mock_start_s", "{:.2f}"),
+        col("restart wait s", "restart_wait_s", "{:g}"),
+        Column("fault-free run", _clean_run_ended), Column("run with wedges", _run_ended),
+        col("fault-free s", "clean_s", "{:.1f}"), col("with wedges s", "faulty_s", "{:.1f}", finished_only=True),
+        col("× fault-free", "slowdown", "{:.1f}", finished_only=True), col("wedges", "wedges"),
+        col("s lost / wedge", "lost_per_wedge_s", "{:.1f}", finished_only=True),
+        col("restarts", "restarts"), col("restarts / wedge", "restarts_per_wedge", "{:.2f}"), Column("lost", _lost),
         col("duplicated", "duplicated"), col("placeholders / failures", "placeholders_or_failures"),
-        col("intact", "intact"),
+        col("intact", "intact", finished_only=True),
     ]),
     "poison": ("3. Poison input (one prompt wedges the server whenever it is in flight; every duration ÷ scale)", [
         col("client", "client"), col("items", "items"), col("durations ÷", "scale", "{:g}"),
-        col("finished", "finished"), col("wall s", "wall_s", "{:.1f}"),
+        col("mock start s (measured)", "mock_start_s", "{:.2f}"), col("restart wait s", "restart_wait_s", "{:g}"),
+        Column("run", _run_ended), col("wall s", "wall_s", "{:.1f}", finished_only=True),
         col("wedges", "wedges"), col("restarts", "restarts"), col("isolated", "isolated"),
         col("isolated after wedges", "wedges_until_isolated"),
         Column("poison item ends as", lambda r: _poison_outcome(r)),
-        col("other placeholders / failures", "others_placeholders_or_failures"), col("lost", "lost"),
+        col("other placeholders / failures", "others_placeholders_or_failures"), Column("lost", _lost),
         col("duplicated", "duplicated"),
     ]),
     "scale_run": ("4a. Scale: one long run against the mock (latency 0, concurrency 64)", [
