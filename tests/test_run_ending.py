@@ -245,3 +245,21 @@ def test_an_unexpected_exception_says_it_is_a_bug_and_exits_70(monkeypatch: pyte
     result = CliRunner().invoke(main, ["inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m"])
     assert result.exit_code == 70
     assert "internal error, a bug in hallurun" in result.output and "ZeroDivisionError" in result.output
+
+
+def test_as_pid_1_a_sigterm_before_the_run_installs_its_handlers_still_stops_hallurun(
+        hallurun: Hallurun, tmp_path: Path) -> None:
+    data, run_dir = tmp_path / "data.jsonl", tmp_path / "run"
+    # Validating a million records takes seconds: a window before the run installs its own signal handlers.
+    data.write_bytes(b"".join(orjson.dumps({"prompt": f"q {i}"}) + b"\n" for i in range(1_000_000)))
+    # hallurun as PID 1 of a new PID namespace, as in a container, where the kernel drops unhandled SIGTERMs.
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *hallurun.cmd(*mock_args(data, run_dir))],
+                            cwd=hallurun.cwd, env=hallurun.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    pid_1 = int(wait_until(lambda: children.read_text().split(), 30, "hallurun to start")[0])
+    wait_until(lambda: (run_dir / "lock").exists(), 30, "hallurun to reach the dataset")
+    os.kill(pid_1, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and not (run_dir / "manifest.json").exists()
