@@ -100,12 +100,14 @@ class Client:
             if b"[DONE]" in chunk and _DONE_LINE.search(b"".join(reads[-2:])):
                 await _drain(resp.content)
                 break
+        # Here the stream either held [DONE] or its body ended cleanly: a body cut short (a chunked body without
+        # its last chunk, a reset) raises from the read instead, as a connection failure.
         body = b"".join(reads)
         payloads = [line[5:].strip() for line in body.split(b"\n") if line.startswith(b"data:")]
         answer = StreamedAnswer(chat=self._sampling.api == "chat")
-        if answer.feed(payloads):
+        if answer.feed(payloads) or answer.finished:
             return answer.completion()
-        raise RequestError("incomplete_stream", "stream ended before [DONE]", retryable=True)
+        raise RequestError("incomplete_stream", "stream ended before [DONE] or a finish_reason", retryable=True)
 
 
 _DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)
@@ -153,6 +155,12 @@ class StreamedAnswer:
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
         return done
+
+    @property
+    def finished(self) -> bool:
+        """Whether the answer has ended (a choice gave its finish_reason). With a body that ended cleanly, that
+        is a whole answer even without `[DONE]`, which some OpenAI-compatible servers never send."""
+        return self.finish_reason is not None
 
     def completion(self) -> Completion:
         return Completion("".join(self.parts), self.finish_reason, *_usage(self.usage))

@@ -1,8 +1,17 @@
 """Poison inputs: items that wedge the server whenever they are in flight.
 
-Every wedge names the items that were in flight. An item seen in two wedges becomes a suspect and is retried
-alone; a suspect that wedges the server while alone is quarantined. So a poison input costs at most three
-restarts, and innocent bystanders of a wedge are never blamed.
+Every wedge names the items that were on the wire. An item seen in two wedges becomes a suspect and is retried
+alone, with nothing else in flight. Running alone is not yet proof: a server that wedges for its own reasons (a
+leak, a timer, every N requests) also wedges while a suspect happens to run alone. So a suspect is convicted
+only when it wedges a *freshly started* server alone (one that had served no other item since it started, so
+nothing else can have worn it out) twice in a row; a solo wedge of a server that had served others is noted
+as weaker evidence and the suspect goes alone again, first, on the server that wedge brings up.
+
+A real poison input therefore costs at most five restarts: two wedges to become a suspect, at most one solo
+wedge of a server that had served other suspects before it, then two solo wedges of fresh servers (four when it
+is the first suspect to run alone). Innocent bystanders of a wedge are never blamed, and neither is an item
+that merely ran alone on a server that wedges by itself. What this cannot tell apart is a server that wedges
+on the very first request after every start: it answers nothing at all, and the restart budget ends that run.
 """
 
 from __future__ import annotations
@@ -15,13 +24,21 @@ from dataclasses import dataclass, field
 class PoisonTracker:
     """Counts wedges per item and says which items to retry alone and which to quarantine."""
 
-    strikes: int = 2
+    strikes: int = 2  # wedges an item must be in flight at to become a suspect
+    convictions: int = 2  # solo wedges of a fresh server, in a row, that convict a suspect
     seen: Counter[str] = field(default_factory=Counter)
     suspects: set[str] = field(default_factory=set)
+    fresh_solo_wedges: Counter[str] = field(default_factory=Counter)
 
-    def on_wedge(self, in_flight: list[str], solo: str | None = None) -> list[str]:
-        """Record a wedge. Returns the ids to quarantine (a suspect that wedged the server alone)."""
+    def on_wedge(self, in_flight: list[str], solo: str | None = None, *, fresh: bool = False) -> list[str]:
+        """Record a wedge with `in_flight` on the wire; `solo` is the suspect running alone, if one was, and
+        `fresh` whether the server had served no other item since it started. Returns the ids to quarantine."""
         if solo is not None and in_flight == [solo]:
+            if not fresh:
+                return []  # weaker evidence: the server had served others since its start
+            self.fresh_solo_wedges[solo] += 1
+            if self.fresh_solo_wedges[solo] < self.convictions:
+                return []
             self.forget(solo)
             return [solo]
         for item_id in in_flight:
@@ -37,3 +54,4 @@ class PoisonTracker:
         """The item finished (or was quarantined): stop tracking it."""
         self.seen.pop(item_id, None)
         self.suspects.discard(item_id)
+        self.fresh_solo_wedges.pop(item_id, None)

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from aiohttp import ClientConnectionResetError, ClientConnectorError, ClientOSError, ServerDisconnectedError
+from aiohttp import (
+    ClientConnectionResetError,
+    ClientConnectorError,
+    ClientOSError,
+    ConnectionTimeoutError,
+    ServerDisconnectedError,
+)
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -31,7 +37,8 @@ class RequestError(Exception):
 
 
 class ServerDown(Exception):
-    """The connection failed and the server process is gone: relaunch now, do not back off."""
+    """The request could not reach the server (it refused the connection, or its process is gone): not the
+    item's doing. The item waits for the server without spending an attempt; the monitor decides what to do."""
 
 
 def classify_status(status: int, body: str, retry_after: str | None = None) -> RequestError:
@@ -69,6 +76,13 @@ def is_stale_connection(exc: BaseException) -> bool:
     if isinstance(exc, ClientConnectorError):
         return False
     return isinstance(exc, ServerDisconnectedError | ClientOSError | ClientConnectionResetError)
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """Whether a request failed before reaching any server: the connection was refused or not accepted in time.
+    That is a server down or not listening (crashed, restarting, between two processes), never the request's
+    fault, unlike a connection that breaks once the request is on it."""
+    return isinstance(exc, ClientConnectorError | ConnectionTimeoutError)
 
 
 def is_retryable(exc: BaseException) -> bool:

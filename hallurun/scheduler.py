@@ -2,15 +2,17 @@
 
 It owns three kinds of task under one TaskGroup: `concurrency` workers (each takes the next item whenever it
 may and runs it to its end), the monitor (wedges, crashes, stalled streams) and the flusher (checkpoint batches).
-Recovery from a wedge or a crash is done by the monitor alone, so there is exactly one restart per incident
-however many requests notice it: it cancels the workers whose requests are in flight, puts their items back,
-restarts the server once and replaces the workers.
+Recovery from a wedge, a crash or an outage is done by the monitor alone, so there is exactly one restart per
+incident however many requests notice it: it cancels the workers whose requests are in flight, puts their items
+back, restarts the server once and replaces the workers. An outage (requests refused) is waited out first: an
+item never fails, nor spends an attempt, because the server was not there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from hallurun.config import RunConfig
 from hallurun.dataset import Item
 from hallurun.events import EventLog
 from hallurun.poison import PoisonTracker
-from hallurun.policy import RequestError, RetryPolicy, ServerDown, is_stale_connection
+from hallurun.policy import RequestError, RetryPolicy, ServerDown, is_connect_failure, is_stale_connection
 from hallurun.stats import RunStats
 from hallurun.supervisor import ServerStartError, Supervisor
 from hallurun.watchdog import Activity, Flight, inspect
@@ -84,12 +86,13 @@ class Scheduler:
         self._solo_in_flight = 0  # suspects of poison in flight (0 or 1): nothing else may start meanwhile
         self._gate = asyncio.Event()  # open while dispatch may proceed; closed during a restart
         self._changed = asyncio.Event()  # something an idle worker waits on has changed
-        self._trouble = asyncio.Event()  # an item saw the server process gone
+        self._trouble = asyncio.Event()  # a request could not reach the server (refused, or its process gone)
         self._finished = asyncio.Event()  # every item settled, or a fatal error
         self._flush_soon = asyncio.Event()  # a checkpoint batch is full
         self._fatal: Exception | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._workers: set[asyncio.Task[None]] = set()
+        self._boarded_since_start = 0  # items dispatched to the current server process since it started
 
     async def run(self) -> None:
         """Dispatch until every item is settled. Raises RestartBudgetExhausted or ServerStartError."""
@@ -177,11 +180,9 @@ class Scheduler:
 
     def _board(self, job: Job, solo: bool, worker: asyncio.Task[None]) -> Flight:
         """Register `job` as in flight on `worker`; its Flight is what the watchdog reads."""
-        now = asyncio.get_running_loop().time()
-        if not self._running:
-            self.activity.touch(now)  # the silence clock starts when we start waiting on the server
-        flight = Flight(job.item.id, started=now, solo=solo)
+        flight = Flight(job.item.id, solo=solo)  # on the wire once its attempt is sent
         self._running[job.item.id] = _Running(job, flight, worker)
+        self._boarded_since_start += 1
         self._solo_in_flight += solo
         self.stats.in_flight = len(self._running)
         return flight
@@ -199,7 +200,8 @@ class Scheduler:
         except RequestError as exc:
             self._record_failure(job, exc.reason, str(exc))
         except ServerDown:
-            # Not the item's fault: it goes back without spending an attempt, and the monitor relaunches.
+            # Not the item's fault: it goes back without spending an attempt, and waits while the monitor finds
+            # out whether the server comes back by itself or must be restarted.
             self._requeue_front([job])
             self._gate.clear()
             self._trouble.set()
@@ -231,23 +233,32 @@ class Scheduler:
 
     async def _attempt(self, job: Job, flight: Flight) -> Completion:
         loop = asyncio.get_running_loop()
-        flight.new_attempt(loop.time())
         try:
             async with asyncio.timeout(self.config.request_timeout) as deadline:
-                flight.deadline = deadline
+                # On the wire only inside the attempt's timeout: a flight between attempts (sleeping before a
+                # retry) has no deadline to cut and no clock to be judged silent by.
+                now = loop.time()
+                flight.new_attempt(now, deadline)
+                self.activity.sent(now)
                 try:
-                    completion = await self.client.complete(job.item.prompt, flight)
-                except aiohttp.ClientError as exc:
-                    if not is_stale_connection(exc):
-                        raise
-                    # Sent again at once, within the same attempt: the server dropped the connection, not
-                    # the request. A second failure takes the ordinary way below.
-                    self.stats.resent += 1
-                    flight.new_attempt(loop.time())  # judged by its own stream, not the dropped one's clocks
-                    completion = await self.client.complete(job.item.prompt, flight)
+                    try:
+                        completion = await self.client.complete(job.item.prompt, flight)
+                    except aiohttp.ClientError as exc:
+                        if not is_stale_connection(exc):
+                            raise
+                        # Sent again at once, within the same attempt: the server dropped the connection, not
+                        # the request. A second failure takes the ordinary way below.
+                        self.stats.resent += 1
+                        flight.new_attempt(loop.time())  # judged by its own stream, not the dropped one's clocks
+                        completion = await self.client.complete(job.item.prompt, flight)
+                finally:
+                    flight.end_attempt()
+                    self.activity.ended()
         except aiohttp.ClientError as exc:
-            if await self.supervisor.has_exited():
-                raise ServerDown(str(exc)) from exc
+            # A refusal is the server being down, whatever its process does; a connection that broke under a
+            # request is the item's failure unless the process turns out to be gone.
+            if is_connect_failure(exc) or await self.supervisor.has_exited():
+                raise ServerDown(f"{type(exc).__name__}: {exc}") from exc
             job.attempts += 1
             raise RequestError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from exc
         except TimeoutError:
@@ -313,18 +324,40 @@ class Scheduler:
                     await self._trouble.wait()
             except TimeoutError:
                 pass
-            if self.supervisor.managed and (self._trouble.is_set() or self.supervisor.returncode is not None):
+            if self.supervisor.managed and self.supervisor.returncode is not None:
                 await self._recover("server_exited")
                 continue
+            if self._trouble.is_set():
+                await self._outage()
+                continue
             flights = [r.flight for r in self._running.values()]
-            verdict = inspect(loop.time(), flights, self.activity, self.config.stall_timeout)
+            metrics = self.stats.metrics
+            queue_seen = metrics.sampled_at if metrics.waiting else None
+            verdict = inspect(loop.time(), flights, self.activity, self.config.stall_timeout, queue_seen)
             if verdict.wedged:
                 await self._recover("wedge", quiet_s=round(verdict.quiet_for, 2))
                 continue
             for flight in verdict.stalled:
-                flight.stalled = True
-                if flight.deadline is not None:
-                    flight.deadline.reschedule(loop.time())
+                flight.cut(loop.time())
+
+    async def _outage(self) -> None:
+        """Requests could not reach the server: wait for it to answer again, restarting it only if it does not.
+        Meanwhile the gate stays closed and the items that were refused wait at the front of the queue."""
+        if await self.supervisor.has_exited():
+            await self._recover("server_exited")
+            return
+        self.stats.server_state = "unreachable"
+        self.events.emit("server_unreachable", in_flight=len(self._running))
+        began = time.monotonic()
+        back = await self.supervisor.wait_answering(began + self.supervisor.restart_wait)
+        waited = round(time.monotonic() - began, 2)
+        if back:
+            self.events.emit("server_back", waited_s=waited)
+            self._reopen()
+        elif self.supervisor.managed and self.supervisor.returncode is not None:
+            await self._recover("server_exited")
+        else:
+            await self._recover("unreachable", waited_s=waited)
 
     async def _recover(self, cause: str, **detail: object) -> None:
         """Stop everything in flight, put it back, restart the server once, reopen dispatch."""
@@ -332,14 +365,17 @@ class Scheduler:
         running = list(self._running.values())
         ids = [r.job.item.id for r in running]
         quarantine: list[str] = []
+        solo: str | None = None
         if cause == "wedge":
             self.stats.wedges += 1
+            # Only requests on the wire met the wedge; one sleeping before a retry was not waiting on it.
+            wire = [r.job.item.id for r in running if r.flight.on_wire]
             solo = next((r.job.item.id for r in running if r.flight.solo), None)
             flat = self.stats.metrics.tokens_flat_for(asyncio.get_running_loop().time())
-            self.events.emit("hang_detected", in_flight=len(ids), items=ids[:64],
+            self.events.emit("hang_detected", in_flight=len(ids), on_wire=len(wire), items=ids[:64],
                              tokens_flat_s=None if flat is None else round(flat, 1), **detail)
-            quarantine = self.poison.on_wedge(ids, solo)
-        else:
+            quarantine = self.poison.on_wedge(wire, solo, fresh=self._boarded_since_start == 1)
+        elif cause == "server_exited":
             self.stats.crashes += 1
             self.events.emit("server_exited", returncode=self.supervisor.returncode, in_flight=len(ids))
         for r in running:
@@ -355,9 +391,15 @@ class Scheduler:
             self._requeue_front(self._spend_attempt(back))
             self._reopen()
             return
+        if cause == "wedge" and solo is not None and back:
+            # A suspect that wedged the server alone (it runs with nothing else in flight, so `back` is that one
+            # job) and was not convicted goes alone again, first: the next evidence is then that of the freshly
+            # started server this restart brings.
+            self._solo.appendleft(back.pop())
         self._requeue_front(back)
         if not self.config.enable_restart:
-            self._fail(ServerStartError("the server exited and ENABLE_SERVER_RESTART is off"))
+            what = "exited" if cause == "server_exited" else f"did not answer for {detail.get('waited_s')} s"
+            self._fail(ServerStartError(f"the server {what} and ENABLE_SERVER_RESTART is off"))
             return
         if self.stats.restarts >= self.config.max_restarts:
             self._fail(RestartBudgetExhausted(
@@ -371,8 +413,9 @@ class Scheduler:
             self._fail(exc)
             return
         self.client.retarget(self.supervisor.base_url)
+        self._boarded_since_start = 0
         self.events.emit("server_restarted", cause=cause, restarts=self.stats.restarts, startup_s=round(took, 2),
-                         requeued=len(back), managed=self.supervisor.managed)
+                         requeued=len(running) - len(quarantine), managed=self.supervisor.managed)
         self._reopen()
 
     def _reopen(self) -> None:
@@ -401,5 +444,6 @@ class Scheduler:
 
     def _quarantine(self, job: Job) -> None:
         self.stats.quarantined += 1
-        self._record_failure(job, "poison", "the server wedged each time this item was in flight, the last time alone")
+        self._record_failure(job, "poison", "the server wedged each time this item was in flight, the last two times "
+                                            "alone on a freshly started server")
         self.events.emit("item_quarantined", id=job.item.id)

@@ -3,11 +3,15 @@
 A wedged vLLM keeps answering `/health` while producing no tokens, so the only honest signal is bytes arriving
 on the generation streams. The rules, as plain functions over small state objects:
 
-- the server is wedged when requests are in flight and no bytes have arrived on any of them for the stall
+- only a request on the wire can be silent: one sleeping before a retry (a backoff, a Retry-After) is waiting
+  on nothing, and the silence clock does not run while no request is on the wire;
+- the server is wedged when requests are on the wire and no bytes have arrived on any of them for the stall
   timeout (one verdict for the whole server, however many requests are waiting on it);
 - a single request is stalled when its stream has started, has gone quiet for the stall timeout, and the
-  server is otherwise making progress: that request alone is cancelled and retried;
-- a request with no data yet while others stream is queued inside the server: waiting, not stalled.
+  server is otherwise making progress: that attempt alone is cut and retried;
+- a request with no data yet while others stream is queued inside the server: waiting, not stalled; and so is
+  a quiet stream while the server reports requests waiting in its queue (vLLM preempts running requests back
+  into it under KV-cache pressure, and they resume where they were).
 """
 
 from __future__ import annotations
@@ -18,36 +22,75 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Activity:
-    """When the server last showed signs of life: any byte on any request, or the start of waiting on it."""
+    """When the server last showed signs of life (any byte on any request, or the moment a request went on
+    the wire with none other there), and how many requests are on the wire now."""
 
     last: float = 0.0
+    on_wire: int = 0
 
     def touch(self, now: float) -> None:
         if now > self.last:
             self.last = now
 
+    def sent(self, now: float) -> None:
+        """A request went on the wire. The first one starts the silence clock: before it, nothing was waiting
+        on the server (everything slept before a retry, or nothing ran), so no silence could mean anything."""
+        if self.on_wire == 0:
+            self.touch(now)
+        self.on_wire += 1
+
+    def ended(self) -> None:
+        """A request left the wire (answered, failed, cut or cancelled)."""
+        self.on_wire -= 1
+
 
 @dataclass(eq=False)
 class Flight:
-    """One request on the wire: the clocks the watchdog reads, and the handle to cut its attempt short."""
+    """One item in flight: the clocks of its current attempt, which the watchdog reads, and the handle to cut
+    that attempt short. Between attempts (before the first, while sleeping before a retry) it is off the wire:
+    no start, no data clock, no handle."""
 
     item_id: str
-    started: float
+    started: float | None = None  # when the current attempt went on the wire; None while off it
     solo: bool = False
     first_data: float | None = None  # first body byte (SSE data); headers alone do not count
     last_data: float | None = None
-    stalled: bool = False
+    stalled: bool = False  # the watchdog cut this attempt
     deadline: asyncio.Timeout | None = field(default=None, repr=False)
 
-    def new_attempt(self, now: float) -> None:
+    @property
+    def on_wire(self) -> bool:
+        return self.started is not None
+
+    def new_attempt(self, now: float, deadline: asyncio.Timeout | None = None) -> None:
+        """The attempt goes on the wire (or is sent again on a new connection: judged by its own stream, not the
+        dropped one's clocks). `deadline` is the attempt's live timeout; a resend keeps the one it has."""
         self.started = now
         self.first_data = self.last_data = None
         self.stalled = False
+        if deadline is not None:
+            self.deadline = deadline
+
+    def end_attempt(self) -> None:
+        """The attempt left the wire: nothing of it may be judged or cut any more. (`stalled` stays, to name
+        the reason of an attempt the watchdog cut.)"""
+        self.started = None
+        self.first_data = self.last_data = None
+        self.deadline = None
 
     def data(self, now: float) -> None:
         if self.first_data is None:
             self.first_data = now
         self.last_data = now
+
+    def cut(self, now: float) -> bool:
+        """Cut the live attempt short (its timeout fires now). False when there is none to cut: off the wire,
+        or its timeout has already fired (a `--request-timeout` in the same tick), which a timeout refuses."""
+        if self.deadline is None or self.deadline.expired():
+            return False
+        self.stalled = True
+        self.deadline.reschedule(now)
+        return True
 
 
 @dataclass(frozen=True)
@@ -59,15 +102,20 @@ class Verdict:
     quiet_for: float = 0.0
 
 
-def inspect(now: float, flights: list[Flight], activity: Activity, stall_timeout: float) -> Verdict:
-    """Decide whether the server is wedged or single streams have stalled."""
-    if not flights:
+def inspect(now: float, flights: list[Flight], activity: Activity, stall_timeout: float,
+            queue_seen: float | None = None) -> Verdict:
+    """Decide whether the server is wedged or single streams have stalled. `queue_seen` is when the server's
+    latest metrics sample was taken if that sample showed requests waiting in its queue, else None: a stream
+    quiet since before that sample may be one of them."""
+    wire = [f for f in flights if f.on_wire]
+    if not wire:
         return Verdict()
     quiet_for = now - activity.last
     if quiet_for >= stall_timeout:
         return Verdict(wedged=True, quiet_for=quiet_for)
     stalled = tuple(
-        f for f in flights
+        f for f in wire
         if not f.stalled and f.last_data is not None and now - f.last_data >= stall_timeout
+        and (queue_seen is None or queue_seen < f.last_data)
     )
     return Verdict(stalled=stalled, quiet_for=quiet_for)

@@ -82,3 +82,36 @@ def test_an_answer_is_kept_when_the_body_never_ends(tmp_path: Path) -> None:
     text, took = asyncio.run(scenario())
     assert text == "Paris"
     assert took < 5.0  # bounded by the client's wait for the end of the body (1 s), far below any stall window
+
+
+async def _answer_from(body_end: bytes) -> str:
+    """Ask a raw server that streams one finished chunk, no `[DONE]`, then writes `body_end` and closes."""
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"Paris"},"finish_reason":"stop"}]}\n\n'
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" + body_end)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, f"http://127.0.0.1:{port}", "mock", SAMPLING, Activity())
+            return (await client.complete("capital of France?", Flight("1"))).text
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_body_that_ends_cleanly_after_a_finish_reason_is_a_whole_answer() -> None:
+    # Some OpenAI-compatible servers send no `data: [DONE]`: the chunked body's last chunk ends the answer.
+    assert asyncio.run(_answer_from(b"0\r\n\r\n")) == "Paris"
+
+
+def test_a_body_cut_off_after_a_finish_reason_is_not_an_answer() -> None:
+    # The connection closed before the body's last chunk: the read fails, as a connection error to retry.
+    with pytest.raises(aiohttp.ClientPayloadError):
+        asyncio.run(_answer_from(b""))

@@ -3,6 +3,9 @@ the assembly of a streamed answer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiohttp
 import orjson
 import pytest
@@ -10,9 +13,16 @@ from tenacity import RetryCallState
 
 from hallurun.client import Completion, StreamedAnswer
 from hallurun.poison import PoisonTracker
-from hallurun.policy import RequestError, RetryPolicy, classify_status, is_retryable, is_stale_connection
+from hallurun.policy import (
+    RequestError,
+    RetryPolicy,
+    classify_status,
+    is_connect_failure,
+    is_retryable,
+    is_stale_connection,
+)
 from hallurun.scheduler import idle_workers_may_act
-from hallurun.watchdog import Activity, Flight, inspect
+from hallurun.watchdog import Activity, Flight, Verdict, inspect
 
 
 def test_no_flights_is_never_a_wedge() -> None:
@@ -57,15 +67,149 @@ def test_a_stream_already_cut_is_not_reported_twice() -> None:
     assert inspect(50.0, [quiet], Activity(last=45.0), 30).stalled == ()
 
 
-def test_poison_is_quarantined_on_its_third_wedge_only_when_alone() -> None:
+def test_a_flight_sleeping_before_a_retry_is_not_silent() -> None:
+    # Everything in flight sleeps in a backoff or a Retry-After: nothing is waiting on the server.
+    sleeping = [Flight(f"i{n}") for n in range(4)]
+    assert not sleeping[0].on_wire
+    assert inspect(100.0, sleeping, Activity(last=0.0), 30) == Verdict()
+    # One of them on the wire among the sleepers is judged alone.
+    sleeping[0].new_attempt(10.0)
+    assert inspect(100.0, sleeping, Activity(last=10.0), 30).wedged
+
+
+def test_the_silence_clock_starts_when_a_request_goes_on_the_wire_with_none_other_there() -> None:
+    activity = Activity(last=0.0)
+    activity.sent(5.0)  # the only request on the wire: the clock starts now
+    assert activity.last == 5.0
+    activity.ended()  # it ends in an error; the others sleep before their retries, long past the stall timeout
+    retry = Flight("r")
+    retry.new_attempt(100.0)
+    activity.sent(100.0)
+    assert activity.last == 100.0 and not inspect(100.0, [retry], activity, 30).wedged
+    # A second request sent onto a server already silent does not restart its clock.
+    another = Flight("a")
+    another.new_attempt(120.0)
+    activity.sent(120.0)
+    verdict = inspect(130.0, [retry, another], activity, 30)
+    assert verdict.wedged and verdict.quiet_for == 30.0
+
+
+def test_an_ended_attempt_leaves_no_clock_to_be_judged_by() -> None:
+    # A stream that sent data and then failed (an in-band error, a request timeout): while the item sleeps
+    # before its retry, the others stream on, and its old data clock must not make it "stalled".
+    failed = Flight("failed")
+    failed.new_attempt(0.0)
+    failed.data(1.0)
+    failed.end_attempt()
+    busy = Flight("busy")
+    busy.new_attempt(0.0)
+    busy.data(40.0)
+    assert inspect(40.0, [failed, busy], Activity(last=40.0), 30) == Verdict(quiet_for=0.0)
+    assert failed.last_data is None and failed.deadline is None
+
+
+def test_a_resent_request_is_judged_by_its_own_stream() -> None:
+    # Sent again on a new connection after the old one was dropped, it waits in the server's queue: no data
+    # of its own yet, so it is queued, not stalled, however long ago the dropped stream's last byte came.
+    resent = Flight("resent")
+    resent.new_attempt(0.0)
+    resent.data(1.0)
+    resent.new_attempt(2.0)
+    busy = Flight("busy")
+    busy.new_attempt(0.0)
+    busy.data(100.0)
+    assert inspect(100.0, [resent, busy], Activity(last=100.0), 30).stalled == ()
+
+
+def test_a_quiet_stream_is_not_cut_while_the_server_reports_requests_waiting() -> None:
+    # vLLM preempts a running request back into its queue under KV-cache pressure; it resumes later.
+    preempted = Flight("preempted")
+    preempted.new_attempt(0.0)
+    preempted.data(10.0)
+    busy = Flight("busy")
+    busy.new_attempt(0.0)
+    busy.data(50.0)
+    flights, activity = [preempted, busy], Activity(last=50.0)
+    assert inspect(50.0, flights, activity, 30, queue_seen=45.0).stalled == ()
+    # A queue seen only before the stream went quiet, or no queue: the stream itself has stalled.
+    assert inspect(50.0, flights, activity, 30, queue_seen=5.0).stalled == (preempted,)
+    assert inspect(50.0, flights, activity, 30, queue_seen=None).stalled == (preempted,)
+
+
+def _cut_outcomes() -> dict[str, object]:
+    """Cut attempts in each state they can be in when the monitor looks, with real asyncio timeouts."""
+
+    async def scenario() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        outcome: dict[str, object] = {}
+        live = Flight("live")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(None) as deadline:
+                live.new_attempt(loop.time(), deadline)
+                outcome["live"] = live.cut(loop.time())
+                await asyncio.sleep(10)
+        outcome["live_stalled"] = live.stalled
+        ended = Flight("ended")
+        async with asyncio.timeout(None) as deadline:
+            ended.new_attempt(loop.time(), deadline)
+            ended.data(loop.time())
+        ended.end_attempt()
+        outcome["ended"] = ended.cut(loop.time())  # a retry sleeping in backoff: nothing to cut
+        expiring = Flight("expiring")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0) as deadline:
+                expiring.new_attempt(loop.time(), deadline)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(10)  # the request timeout fires...
+                outcome["expiring"] = expiring.cut(loop.time())  # ...and the monitor looks in the same tick
+                raise asyncio.CancelledError
+        outcome["expiring_stalled"] = expiring.stalled
+        return outcome
+
+    return asyncio.run(scenario())
+
+
+def test_only_a_live_attempt_can_be_cut() -> None:
+    assert _cut_outcomes() == {"live": True, "live_stalled": True, "ended": False, "expiring": False,
+                               "expiring_stalled": False}
+
+
+def test_poison_is_quarantined_after_wedging_a_fresh_server_alone_twice() -> None:
     tracker = PoisonTracker()
     assert tracker.on_wedge(["p", "a", "b"]) == []
     assert not tracker.is_suspect("p")
     assert tracker.on_wedge(["p", "a", "c"]) == []
     assert tracker.is_suspect("p") and tracker.is_suspect("a") and not tracker.is_suspect("c")
     tracker.forget("a")  # "a" ran alone and finished: cleared
-    assert tracker.on_wedge(["p"], solo="p") == ["p"]
+    assert tracker.on_wedge(["p"], solo="p", fresh=True) == []  # once could be the server's own doing
+    assert tracker.is_suspect("p")
+    assert tracker.on_wedge(["p"], solo="p", fresh=True) == ["p"]
     assert not tracker.is_suspect("p")
+
+
+def test_a_suspect_alone_on_a_server_that_had_served_others_is_not_convicted() -> None:
+    # A server that wedges every few requests: the suspect happened to be the one running when it did.
+    tracker = PoisonTracker()
+    tracker.on_wedge(["s", "x"])
+    tracker.on_wedge(["s", "y"])
+    for _ in range(5):
+        assert tracker.on_wedge(["s"], solo="s", fresh=False) == []
+    assert tracker.is_suspect("s")
+    # Run alone on a fresh server, it finishes: it was innocent, and is forgotten with its evidence.
+    tracker.forget("s")
+    tracker.on_wedge(["s", "x"])
+    tracker.on_wedge(["s", "y"])
+    assert tracker.on_wedge(["s"], solo="s", fresh=True) == []
+    assert tracker.is_suspect("s")
+
+
+def test_a_real_poison_costs_a_bounded_number_of_wedges() -> None:
+    # The worst case: two wedges among others, one alone after other suspects ran, two alone on fresh servers.
+    tracker = PoisonTracker()
+    wedges = [(["p", "a"], None, False), (["p", "b"], None, False), (["p"], "p", False), (["p"], "p", True),
+              (["p"], "p", True)]
+    verdicts = [tracker.on_wedge(ids, solo, fresh=fresh) for ids, solo, fresh in wedges]
+    assert verdicts == [[], [], [], [], ["p"]]
 
 
 def test_a_wedge_with_others_in_flight_does_not_convict_the_solo_suspect() -> None:
@@ -135,6 +279,15 @@ def test_a_dropped_kept_alive_connection_is_stale_but_a_refused_one_is_not() -> 
     assert not is_stale_connection(RequestError("connection", "x", retryable=True))
 
 
+def test_a_refused_connection_is_an_outage_but_a_broken_one_is_the_items_failure() -> None:
+    refused = aiohttp.ClientConnectorError(None, ConnectionRefusedError(111, "Connect call failed"))  # type: ignore[arg-type]
+    assert is_connect_failure(refused)
+    assert is_connect_failure(aiohttp.ConnectionTimeoutError("Connection timeout to host"))
+    assert not is_connect_failure(aiohttp.ServerDisconnectedError())
+    assert not is_connect_failure(aiohttp.ClientPayloadError("Response payload is not completed"))
+    assert not is_connect_failure(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+
+
 def _chat_chunk(content: str | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:
     choices = [] if content is None and finish is None else [{"index": 0, "delta": {"content": content},
                                                              "finish_reason": finish}]
@@ -177,3 +330,14 @@ def test_nothing_after_done_is_read() -> None:
     answer = StreamedAnswer(chat=True)
     assert answer.feed([_chat_chunk("yes"), b"[DONE]", b"{late garbage"]) is True
     assert answer.completion().text == "yes"
+
+
+def test_a_finish_reason_ends_an_answer_whose_stream_has_no_done_marker() -> None:
+    # Some OpenAI-compatible servers end the body after the last chunk without `data: [DONE]`.
+    answer = StreamedAnswer(chat=True)
+    assert answer.feed([_chat_chunk("Paris", finish="stop"), _chat_chunk(usage={"prompt_tokens": 7,
+                                                                                "completion_tokens": 1})]) is False
+    assert answer.finished and answer.completion() == Completion("Paris", "stop", 7, 1)
+    cut_short = StreamedAnswer(chat=True)
+    cut_short.feed([_chat_chunk("Par")])
+    assert not cut_short.finished

@@ -137,7 +137,7 @@ def test_poison_item_is_quarantined_and_everything_else_finishes(hallurun: Hallu
     failures = read_jsonl(run_dir / "failures.jsonl")
     assert [(f["id"], f["reason"]) for f in failures] == [(poison, "poison")]
     assert [e["id"] for e in events(run_dir, "item_quarantined")] == [poison]
-    assert len(events(run_dir, "server_restarted")) <= 3
+    assert len(events(run_dir, "server_restarted")) <= 5  # poison.py: at most five per poison input
     assert poison in proc.stdout
 
 
