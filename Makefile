@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The CUDA vLLM where an NVIDIA GPU answers, otherwise its CPU build.
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo cpu)
 
-.PHONY: install demo demo-mock test test-fast lint eval bench bench-quick clean
+.PHONY: install demo demo-mock test test-fast lint eval bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# Many more chaos schedules than `make test` runs (SEEDS=N from START=M), two at a time, with a summary.
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos_run.py --seeds $(or $(SEEDS),200) --start $(or $(START),0) --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

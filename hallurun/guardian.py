@@ -1,9 +1,15 @@
-"""The guardian: a tiny sidecar that stops the server's process groups if hallurun dies without doing so.
+"""The guardian: a tiny sidecar that stops the server's process trees if hallurun dies without doing so.
 
-hallurun keeps the write end of a pipe to the guardian's stdin and tells it, line by line, which process
-groups it owns (`+PGID`) and which it has already stopped (`-PGID`). When the pipe reaches EOF (hallurun has
-exited by any means, `kill -9` included) the guardian terminates every group still listed: TERM, a grace
-period, then KILL. This covers what a parent-death signal cannot: the server's own children.
+hallurun keeps the write end of a pipe to the guardian's stdin and tells it, line by line, which servers it owns
+(`+PGID TOKEN`) and which it has already stopped (`-PGID`). When the pipe reaches EOF (hallurun has exited by any
+means, `kill -9` included) the guardian terminates every server still listed: TERM, a grace period, then KILL.
+This covers what a parent-death signal cannot: the server's own children.
+
+A server's tree is more than its process group: a helper that calls `setsid` (a daemon, a worker pool) leaves
+the group and the session. Every process of a launch inherits `HALLURUN_SERVER_ID=TOKEN` in its environment, so
+the tree is: the server's session, plus every process that carries its token. The token is per launch, not per
+run directory, so that a guardian still reaping a killed hallurun's server never touches the server of the
+`resume` that followed it. This module also holds the `/proc` reading that finds a tree, for the supervisor.
 """
 
 from __future__ import annotations
@@ -14,50 +20,104 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the guardian process itself starts without asyncio
+    import asyncio
 
 GRACE_SECONDS = 5.0
+SERVER_ID_ENV = "HALLURUN_SERVER_ID"
+POLL_SECONDS = 0.05  # no event tells us when processes outside our own children have exited
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@dataclass(frozen=True)
+class Server:
+    """One launched server: its process group (== its session, since it leads a new one) and its token."""
+
+    pgid: int
+    token: str
+
+    @property
+    def marker(self) -> bytes:
+        """The environment entry every process of this launch carries."""
+        return f"{SERVER_ID_ENV}={self.token}".encode()
 
 
-def _signal(pgid: int, sig: int) -> None:
+def tree_pids(servers: Iterable[Server], exclude: Iterable[int] = ()) -> set[int]:
+    """Live processes (not zombies) of these servers' trees: in one of their sessions, or carrying a token."""
+    sessions = {s.pgid for s in servers}
+    markers = {s.marker for s in servers}
+    skip = {os.getpid(), *exclude}
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in skip:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            if fields[0] == b"Z":
+                continue
+            if int(fields[3]) not in sessions:
+                # Only our own user's environments are readable; another user's process is not ours anyway.
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if markers.isdisjoint(fh.read().split(b"\0")):
+                        continue
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        found.add(int(name))
+    return found
+
+
+def signal_trees(servers: Iterable[Server], sig: int, exclude: Iterable[int] = ()) -> set[int]:
+    """Send `sig` to each server's process group and to every other process of its tree; returns those pids."""
+    servers = list(servers)
+    for server in servers:
+        _signal_group(server.pgid, sig)
+    pids = tree_pids(servers, exclude)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    return pids
+
+
+def reap_trees(servers: Iterable[Server], grace: float = GRACE_SECONDS, exclude: Iterable[int] = ()) -> None:
+    """TERM every tree, wait up to `grace` for them to exit, then KILL what remains."""
+    servers = list(servers)
+    signal_trees(servers, signal.SIGTERM, exclude)
+    deadline = time.monotonic() + grace
+    while tree_pids(servers, exclude) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    signal_trees(servers, signal.SIGKILL, exclude)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def reap_groups(groups: set[int], grace: float = GRACE_SECONDS) -> None:
-    """TERM every group, wait up to `grace` for them to exit, then KILL what remains."""
-    for pgid in groups:
-        _signal(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(_alive(g) for g in groups) and time.monotonic() < deadline:
-        time.sleep(0.05)  # no event tells us when another session's group has emptied
-    for pgid in groups:
-        _signal(pgid, signal.SIGKILL)
+def read_protocol(lines: Iterable[str]) -> dict[int, Server]:
+    """The servers still owned once `lines` (the guardian's stdin) end: `+PGID TOKEN` adds, `-PGID` removes."""
+    servers: dict[int, Server] = {}
+    for line in lines:
+        line = line.strip()
+        if line.startswith("+"):
+            pgid, _, token = line[1:].partition(" ")
+            servers[int(pgid)] = Server(int(pgid), token)
+        elif line.startswith("-"):
+            servers.pop(int(line[1:]), None)
+    return servers
 
 
 def main() -> None:
-    """Read group ids from stdin until EOF, then reap the groups still owned."""
+    """Read servers from stdin until EOF, then reap the trees still owned."""
     # The guardian must outlive hallurun's terminal signals to do its job.
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    groups: set[int] = set()
-    for line in sys.stdin:
-        line = line.strip()
-        if line.startswith("+"):
-            groups.add(int(line[1:]))
-        elif line.startswith("-"):
-            groups.discard(int(line[1:]))
-    if groups:
-        reap_groups(groups)
+    servers = read_protocol(sys.stdin)
+    if servers:
+        reap_trees(servers.values())
 
 
 class Guardian:
@@ -69,25 +129,51 @@ class Guardian:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, text=True,
         )
+        self._exit_watch: tuple[asyncio.AbstractEventLoop, int] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """False once the guardian process has exited (someone killed it)."""
+        return self._proc.poll() is None
+
+    def on_exit(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """Have `loop` call `callback` if the guardian process exits before `close`: a pidfd becomes readable."""
+        pidfd = os.pidfd_open(self._proc.pid)
+        self._exit_watch = (loop, pidfd)
+        loop.add_reader(pidfd, callback)
 
     def _say(self, line: str) -> None:
         assert self._proc.stdin is not None
         try:
             self._proc.stdin.write(line + "\n")
             self._proc.stdin.flush()
-        except BrokenPipeError:
+        except (BrokenPipeError, ValueError):  # dead guardian, or a closed pipe: its replacement is told instead
             pass
 
-    def watch(self, pgid: int) -> None:
-        self._say(f"+{pgid}")
+    def watch(self, server: Server) -> None:
+        self._say(f"+{server.pgid} {server.token}")
 
     def release(self, pgid: int) -> None:
         self._say(f"-{pgid}")
 
+    def forget(self) -> None:
+        """Stop watching the guardian's exit (it is being closed, or has died and been replaced)."""
+        if self._exit_watch is not None:
+            loop, pidfd = self._exit_watch
+            self._exit_watch = None
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
     def close(self) -> None:
-        """End the guardian; groups still watched are reaped by it."""
+        """End the guardian; servers still watched are reaped by it."""
+        self.forget()
         if self._proc.stdin is not None:
-            self._proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
         try:
             self._proc.wait(timeout=GRACE_SECONDS + 2)
         except subprocess.TimeoutExpired:

@@ -35,7 +35,7 @@ from hallurun.progress import progress_line, show, summary_table
 from hallurun.scheduler import RestartBudgetExhausted, Scheduler
 from hallurun.server_metrics import poll
 from hallurun.stats import RunStats
-from hallurun.supervisor import ServerStartError, Supervisor
+from hallurun.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor
 from hallurun.watchdog import Activity
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -320,7 +320,7 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
                 client = Client(session, supervisor.base_url, config.model, config.sampling, activity,
                                 api_key=key)
                 scheduler = Scheduler(config, iter(items), checkpoint, events, supervisor, client, activity, stats)
-                metrics = asyncio.create_task(poll(session, supervisor.base_url, stats.metrics, activity,
+                metrics = asyncio.create_task(poll(session, lambda: supervisor.base_url, stats.metrics, activity,
                                                    config.metrics_interval), name="metrics")
                 try:
                     await supervisor.start()
@@ -340,6 +340,8 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
         if items.changed is None and items.all_settled(checkpoint):
             return _Outcome(EXIT_OK)
         return _Outcome(EXIT_INTERRUPTED, "interrupted")
+    except (PortInUse, ServerRefusesRun) as exc:
+        return _Outcome(EXIT_USAGE, str(exc))  # the user's choice of port or of --max-tokens, found at the start
     except (ServerStartError, RestartBudgetExhausted) as exc:
         return _Outcome(EXIT_SERVER, str(exc))
     except RunDirWriteError as exc:

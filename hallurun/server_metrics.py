@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import aiohttp
@@ -105,10 +105,10 @@ def poll_due(now: float, last_read: float | None, last_byte: float, interval: fl
     return now - last_read >= (QUIET_INTERVAL if quiet else interval)
 
 
-async def poll(session: aiohttp.ClientSession, base_url: str, metrics: ServerMetrics, activity: Activity,
-               interval: float) -> None:
+async def poll(session: aiohttp.ClientSession, base_url: Callable[[], str], metrics: ServerMetrics,
+               activity: Activity, interval: float) -> None:
     """Sample `/metrics` as `poll_due` says until cancelled; with `interval` 0, or against a server without the
-    page, never."""
+    page, never. `base_url` is asked at each read: a relaunched server may listen on another port."""
     if interval <= 0:
         return
     loop = asyncio.get_running_loop()
@@ -118,7 +118,7 @@ async def poll(session: aiohttp.ClientSession, base_url: str, metrics: ServerMet
         if poll_due(loop.time(), last_read, activity.last, interval):
             began, answered = loop.time(), False
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
-                async with session.get(base_url + "/metrics", timeout=timeout) as resp:
+                async with session.get(base_url() + "/metrics", timeout=timeout) as resp:
                     if resp.status == 404:
                         return
                     if resp.status == 200:

@@ -434,7 +434,8 @@ def test_resume_retry_failed_runs_failures_again(hallurun: Hallurun, tmp_path: P
     ids = write_dataset(tmp_path / "data.jsonl", 20)
     run_dir = tmp_path / "run"
     # A context too short for any item: every one fails with a permanent 400.
-    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, server_args=("--max-model-len", "20"))
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--max-tokens", "10",
+                    server_args=("--max-model-len", "20"))
     assert proc.returncode == 1
     assert {f["reason"] for f in read_jsonl(run_dir / "failures.jsonl")} == {"http_400"}
     # Without --retry-failed, failures stay settled.

@@ -4,6 +4,7 @@ ends when something unexpected happens."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import resource
@@ -218,6 +219,15 @@ def test_resume_of_a_finished_run_launches_no_server(hallurun: Hallurun, tmp_pat
     assert len(read_jsonl(run_dir / "generation.jsonl")) == 10
 
 
+def open_files(pid: int) -> set[str]:
+    """What a process has open now (its descriptors come and go while we look)."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(fd))
+    return found
+
+
 def test_a_start_that_meets_status_reading_the_lock_waits_for_it(hallurun: Hallurun, tmp_path: Path) -> None:
     write_dataset(tmp_path / "data.jsonl", 5)
     run_dir = tmp_path / "run"
@@ -226,9 +236,7 @@ def test_a_start_that_meets_status_reading_the_lock_waits_for_it(hallurun: Hallu
     fcntl.flock(fd, fcntl.LOCK_SH)  # what `hallurun status` holds for an instant
     try:
         proc = hallurun.start(*mock_args(tmp_path / "data.jsonl", run_dir))
-        lock = str(run_dir / "lock")
-        wait_until(lambda: any(os.readlink(f) == lock for f in Path(f"/proc/{proc.pid}/fd").iterdir()), 30,
-                   "hallurun to open the lock")
+        wait_until(lambda: str(run_dir / "lock") in open_files(proc.pid), 30, "hallurun to open the lock")
     finally:
         os.close(fd)
     assert proc.wait(60) == 0

@@ -1,0 +1,223 @@
+"""The server's life, end to end with real processes: whose server answers, external restarts, stop paths that
+leave nothing behind, and a run the server cannot serve."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    Hallurun,
+    events,
+    free_port,
+    mock_command,
+    mock_health,
+    read_jsonl,
+    server_processes,
+    start_mock,
+    stop_mock,
+    wait_until,
+    write_dataset,
+)
+from tests.stand_in_server import write_wrapper
+from tests.test_inference import assert_exactly_once
+
+
+def dead_or_dying(pid: int) -> bool:
+    """Gone, a zombie, or with SIGKILL already pending, so nothing can save it: a check that needs no waiting.
+    A process signalled with kill(2)/killpg(2) keeps the signal in its shared pending set until it is reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields["State"].strip()[0] in "ZX":
+        return True
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return bool(pending & (1 << (signal.SIGKILL - 1)))
+
+
+def guardians(parent: int) -> set[int]:
+    """Pids of the guardian processes that `parent` started."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"hallurun.guardian" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def stand_in_run(hallurun: Hallurun, tmp_path: Path, n: int, *server_args: str,
+                 opts: tuple[str, ...] = ()) -> tuple[Path, list[str], tuple[str, ...]]:
+    """The arguments of a run against the stand-in server (a vLLM command line, run by `--server-python`)."""
+    ids = write_dataset(tmp_path / "data.jsonl", n)
+    run_dir = tmp_path / "run"
+    args = ("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "vllm",
+            "--server-python", str(write_wrapper(tmp_path)), "--run-dir", str(run_dir), *opts, "--", *server_args)
+    return run_dir, ids, args
+
+
+# -- item 4: an external server restarted by someone else -------------------------------------------------------
+
+def test_external_restart_waits_for_the_old_server_to_go_and_the_new_one_to_start(hallurun: Hallurun,
+                                                                                   tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 120)
+    port = free_port()
+    # Its supervisor brings it back when it exits (on POST /restart); each start takes seconds, like a model load,
+    # so the probe meets refused connections for longer than a handful of tries.
+    server = " ".join(hallurun.cmd("mock-server", "--port", str(port), "--fault", "hang-after:40",
+                                   "--fault", "startup-delay:4"))
+    outside = subprocess.Popen(["bash", "-c", f"while true; do {server}; done"], env=hallurun.env,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    try:
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m",
+                            "--server-url", f"http://127.0.0.1:{port}", "--run-dir", str(run_dir),
+                            "--stall-timeout", "2", "--restart-wait", "60", timeout=300)
+    finally:
+        os.killpg(outside.pid, signal.SIGKILL)
+        outside.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert len(events(run_dir, "restart_requested")) == len(events(run_dir, "server_restarted")) >= 2
+
+
+# -- item 7: a server hallurun did not launch on the port ---------------------------------------------------------
+
+def test_an_explicit_port_already_in_use_is_refused_before_launch(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 10)
+    stranger = start_mock(tmp_path)
+    run_dir = tmp_path / "run"
+    try:
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                            "--port", str(stranger.port), "--run-dir", str(run_dir))
+    finally:
+        stop_mock(stranger)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--port {stranger.port}: something is already listening on 127.0.0.1:{stranger.port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not read_jsonl(run_dir / "results.jsonl") and not read_jsonl(run_dir / "failures.jsonl")
+    assert not events(run_dir, "server_started")
+
+
+def test_a_stranger_that_takes_the_picked_port_before_the_server_binds_is_not_used(hallurun: Hallurun,
+                                                                                  tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 20)
+    run_dir = tmp_path / "run"
+    # The launched server binds late, like vLLM after loading its weights; the stranger binds in between.
+    proc = hallurun.start("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                          "--run-dir", str(run_dir), "--", "--fault", "startup-delay:8", log=tmp_path / "out.log")
+    stranger = None
+    try:
+        launched = wait_until(lambda: re.search(r"--port (\d+)", _text(run_dir / "server.log")), 60, "the launch")
+        port = int(launched.group(1))
+        stranger = subprocess.Popen(mock_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stranger")
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if stranger is not None:
+            stranger.kill()
+            stranger.wait()
+    output = (tmp_path / "out.log").read_text()
+    assert code != 0, output
+    assert f"pid {stranger.pid}:" in output and "Traceback" not in output
+    assert not read_jsonl(run_dir / "results.jsonl") and not read_jsonl(run_dir / "failures.jsonl")
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+# -- item 12: a second Ctrl-C during the stop, and a guardian killed first ---------------------------------------
+
+def test_a_second_interrupt_during_the_stop_grace_kills_a_server_that_ignores_sigterm(hallurun: Hallurun,
+                                                                                      tmp_path: Path) -> None:
+    run_dir, _, args = stand_in_run(hallurun, tmp_path, 2000, "--ignore-sigterm", "--latency", "0.05",
+                                    opts=("--concurrency", "4"))
+    proc = hallurun.start(*args)
+    wait_until(lambda: read_jsonl(run_dir / "results.jsonl"), 60, "results")
+    proc.send_signal(signal.SIGINT)
+    wait_until(lambda: events(run_dir, "server_stopping"), 30, "the stop to begin")
+    pids = server_processes(run_dir)
+    assert pids  # the server ignores the TERM: the stop is waiting out its grace
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    alive = [pid for pid in pids if not dead_or_dying(pid)]
+    assert not alive, f"still running after hallurun exited, without a KILL on its way: {alive}"
+
+
+def test_a_killed_guardian_is_replaced_and_kill_9_then_leaves_no_server(hallurun: Hallurun, tmp_path: Path) -> None:
+    run_dir, _, args = stand_in_run(hallurun, tmp_path, 2000, "--ignore-sigterm", "--latency", "0.05",
+                                    opts=("--concurrency", "4"))
+    proc = hallurun.start(*args)
+    try:
+        wait_until(lambda: read_jsonl(run_dir / "results.jsonl"), 60, "results")
+        (first,) = guardians(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: guardians(proc.pid) - {first}, 30, "a new guardian")
+        assert server_processes(run_dir)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # The server ignores SIGTERM (its parent-death signal too): only the new guardian's KILL ends it.
+    wait_until(lambda: not server_processes(run_dir), 30, "the server to be reaped")
+
+
+# -- item 13: a descendant that left the server's session --------------------------------------------------------
+
+@pytest.mark.parametrize("end", ["finish", "kill_9", "restart"])
+def test_a_descendant_in_a_session_of_its_own_does_not_survive(hallurun: Hallurun, tmp_path: Path,
+                                                               end: str) -> None:
+    faults = ("--fault", "crash-after:25") if end == "restart" else ()
+    run_dir, ids, args = stand_in_run(hallurun, tmp_path, 40 if end != "kill_9" else 2000, "--setsid-child",
+                                      "--latency", "0.05", *faults, opts=("--concurrency", "4"))
+    if end == "kill_9":
+        proc = hallurun.start(*args)
+        wait_until(lambda: read_jsonl(run_dir / "results.jsonl"), 60, "results")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:
+        done = hallurun.run(*args, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert_exactly_once(run_dir, ids)
+    if end == "restart":
+        assert events(run_dir, "server_restarted")
+    wait_until(lambda: not server_processes(run_dir), 30, "every process of the server tree to be gone")
+
+
+# -- item 14 (part): --max-tokens beyond the server's context ----------------------------------------------------
+
+def test_max_tokens_beyond_the_servers_context_is_refused_before_the_run(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 10)
+    run_dir = tmp_path / "run"
+    # With a key, as vLLM with --api-key: /v1/models is read with it, or the check could not see the limit.
+    proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                        "--run-dir", str(run_dir), "--max-tokens", "64", "--", "--max-model-len", "64",
+                        env={"HALLURUN_API_KEY": "sesame"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--max-tokens 64" in proc.stderr and "max_model_len 64" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not read_jsonl(run_dir / "results.jsonl") and not read_jsonl(run_dir / "failures.jsonl")
+
+
+def test_max_tokens_within_the_servers_context_runs(hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 10)
+    run_dir = tmp_path / "run"
+    proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                        "--run-dir", str(run_dir), "--max-tokens", "32", "--", "--max-model-len", "64",
+                        env={"HALLURUN_API_KEY": "sesame"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
