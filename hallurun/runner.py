@@ -221,7 +221,8 @@ class _Session:
             console.print(f"hallurun: {config.task} on {config.model}: {stats.settled}/{info.count} already "
                           f"settled; run dir {config.run_dir}; resume with `{resume_command(config.run_dir)}`",
                           highlight=False)
-            return asyncio.run(_drive(config, info, checkpoint, events, stats, console))
+            with _Latch() as latch:
+                return asyncio.run(_drive(config, info, checkpoint, events, stats, console, latch))
         except RunDirWriteError as exc:
             return _Outcome(EXIT_IO, str(exc))
 
@@ -276,8 +277,47 @@ def _server_env(config: RunConfig, key: str | None) -> dict[str, str]:
     return env
 
 
+class _Latch:
+    """SIGINT and SIGTERM while asyncio.run sets up and tears down its loop, around the loop's own handlers.
+
+    A KeyboardInterrupt raised in the middle of the loop's teardown leaves it half closed (the chaos suite met
+    `ValueError: Invalid file descriptor: -1` from its finalizer after a double Ctrl-C), so there a signal is only
+    noted: one that came before the loop's handlers were in place is handed to them (`take`); one after is part of
+    a stop already under way. A second one still exits at once, as a second Ctrl-C does during the run."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _Latch:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.pending.append(signal.Signals(signum).name)
+        if len(self.pending) > 1:
+            os._exit(EXIT_INTERRUPTED)
+
+    def take(self) -> list[str]:
+        """The signals noted so far, now handed on."""
+        taken, self.pending = self.pending, []
+        return taken
+
+    def rearm(self, handled: int) -> None:
+        """Note signals again, after the loop has given SIGINT back to Python's KeyboardInterrupt; after `handled`
+        signals the loop already took, the next one is a second signal."""
+        self.pending = ["handled by the run"] if handled else []
+        for sig in self._saved:
+            signal.signal(sig, self._note)
+
+
 async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog,
-                 stats: RunStats, console: Console) -> _Outcome:
+                 stats: RunStats, console: Console, latch: _Latch) -> _Outcome:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -307,6 +347,8 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    for name in latch.take():
+        on_signal(name)
     items = _Items(config, info)
     display = asyncio.create_task(show(stats, console), name="progress")
     try:
@@ -357,6 +399,7 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
         await asyncio.gather(display, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        latch.rearm(interrupts)
     if items.changed is not None:
         return _Outcome(EXIT_USAGE, f"{items.changed}; the items read before the change are kept. Restore the "
                                     "file and resume, or resume with --force to continue with the new one")
