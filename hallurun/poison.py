@@ -12,12 +12,16 @@ wedge of a server that had served other suspects before it, then two solo wedges
 is the first suspect to run alone). Innocent bystanders of a wedge are never blamed, and neither is an item
 that merely ran alone on a server that wedges by itself. What this cannot tell apart is a server that wedges
 on the very first request after every start: it answers nothing at all, and the restart budget ends that run.
+
+The evidence outlives a session (the scheduler keeps it in the run directory), so these bounds hold across
+Ctrl-C and `resume`, and a run whose `--max-restarts` is smaller than them still gets there, a resume at a time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -46,6 +50,26 @@ class PoisonTracker:
             if self.seen[item_id] >= self.strikes:
                 self.suspects.add(item_id)
         return []
+
+    def to_json(self) -> dict[str, Any]:
+        """The evidence so far, as plain JSON values."""
+        return {"seen": dict(self.seen), "suspects": sorted(self.suspects),
+                "fresh_solo_wedges": dict(self.fresh_solo_wedges)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> PoisonTracker:
+        """Evidence written by `to_json`; anything else (a file from another version) is no evidence."""
+        tracker = cls()
+        if not isinstance(data, dict):
+            return tracker
+        for name, counter in (("seen", tracker.seen), ("fresh_solo_wedges", tracker.fresh_solo_wedges)):
+            value = data.get(name)
+            if isinstance(value, dict):
+                counter.update({str(k): v for k, v in value.items() if isinstance(v, int) and v > 0})
+        suspects = data.get("suspects")
+        if isinstance(suspects, list):
+            tracker.suspects.update(str(s) for s in suspects)
+        return tracker
 
     def is_suspect(self, item_id: str) -> bool:
         return item_id in self.suspects

@@ -16,14 +16,17 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
+import orjson
 from tenacity import RetryCallState
 
 from hallurun.checkpoint import Checkpoint
 from hallurun.client import Client, Completion
 from hallurun.config import RunConfig
 from hallurun.dataset import Item
+from hallurun.durable import write_atomic
 from hallurun.events import EventLog
 from hallurun.poison import PoisonTracker
 from hallurun.policy import RequestError, RetryPolicy, ServerDown, is_connect_failure, is_stale_connection
@@ -31,6 +34,7 @@ from hallurun.stats import RunStats
 from hallurun.supervisor import ServerStartError, Supervisor
 from hallurun.watchdog import Activity, Flight, inspect
 
+POISON = "poison.json"  # the evidence against suspects of poison, across sessions
 FLUSH_INTERVAL = 0.2  # seconds between checkpoint batches
 FLUSH_BATCH = 512  # a batch this large is written at once
 
@@ -43,6 +47,14 @@ def idle_workers_may_act(*, queued: bool, running: int) -> bool:
     concurrency 256 check for work 16,135 times instead of 1,511, in the tail of the run, on the cores the
     server needs to finish it."""
     return queued or running == 0
+
+
+def _load_poison(path: Path) -> PoisonTracker:
+    """The evidence an earlier session left, if any."""
+    try:
+        return PoisonTracker.from_json(orjson.loads(path.read_bytes()))
+    except (OSError, orjson.JSONDecodeError):
+        return PoisonTracker()
 
 
 class RestartBudgetExhausted(Exception):
@@ -77,7 +89,7 @@ class Scheduler:
         self.activity = activity
         self.stats = stats
         self.policy = RetryPolicy(max_attempts=config.max_attempts)
-        self.poison = PoisonTracker()
+        self.poison = _load_poison(config.run_dir / POISON)
         self._items = (item for item in items if not checkpoint.is_settled(item.id))
         self._items_left = True
         self._front: deque[Job] = deque()  # requeued jobs, ahead of fresh items
@@ -375,6 +387,9 @@ class Scheduler:
             self.events.emit("hang_detected", in_flight=len(ids), on_wire=len(wire), items=ids[:64],
                              tokens_flat_s=None if flat is None else round(flat, 1), **detail)
             quarantine = self.poison.on_wedge(wire, solo, fresh=self._boarded_since_start == 1)
+            # Kept for the next session: a resume after Ctrl-C (or a spent --max-restarts) goes on from this
+            # evidence instead of paying for it again. Wedges are rare, so one small write each costs nothing.
+            write_atomic(self.config.run_dir / POISON, orjson.dumps(self.poison.to_json()))
         elif cause == "server_exited":
             self.stats.crashes += 1
             self.events.emit("server_exited", returncode=self.supervisor.returncode, in_flight=len(ids))

@@ -341,3 +341,14 @@ def test_a_finish_reason_ends_an_answer_whose_stream_has_no_done_marker() -> Non
     cut_short = StreamedAnswer(chat=True)
     cut_short.feed([_chat_chunk("Par")])
     assert not cut_short.finished
+
+
+def test_the_evidence_against_suspects_round_trips_through_json() -> None:
+    tracker = PoisonTracker()
+    tracker.on_wedge(["a", "b"])
+    tracker.on_wedge(["a"])
+    tracker.on_wedge(["a"], solo="a", fresh=True)
+    again = PoisonTracker.from_json(orjson.loads(orjson.dumps(tracker.to_json())))
+    assert again.is_suspect("a") and not again.is_suspect("b")
+    assert again.on_wedge(["a"], solo="a", fresh=True) == ["a"]  # the second fresh solo wedge convicts
+    assert PoisonTracker.from_json({"seen": {"x": "many"}, "suspects": "y"}) == PoisonTracker()

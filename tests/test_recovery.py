@@ -169,3 +169,26 @@ def test_streams_without_an_end_marker_are_whole_answers(hallurun: Hallurun, tmp
     # The same answers as from a server that ends its streams with [DONE].
     assert mock_run(hallurun, tmp_path / "data.jsonl", plain, server_args=pacing).returncode == 0
     assert (run_dir / "generation.jsonl").read_bytes() == (plain / "generation.jsonl").read_bytes()
+
+
+def test_the_evidence_against_a_poison_input_outlives_a_session(hallurun: Hallurun, tmp_path: Path) -> None:
+    # Two restarts a session are fewer than convicting a poison input takes: without its evidence kept in the run
+    # directory, each resume would start from nothing, spend its budget and end with exit 3, for ever.
+    poison = "item-00013"
+    ids = write_dataset(tmp_path / "data.jsonl", 40,
+                        prompt=lambda i: "Tell me about XYZZY-POISON" if i == 13 else f"What is {i} squared?")
+    run_dir = tmp_path / "run"
+    first = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "8", "--stall-timeout", "1",
+                     "--max-restarts", "2", faults=("poison:XYZZY-POISON",))
+    assert first.returncode == 3, first.stdout + first.stderr
+    codes = []
+    for _ in range(3):
+        proc = hallurun.run("resume", str(run_dir))
+        _no_traceback(proc)
+        codes.append(proc.returncode)
+        if proc.returncode != 3:
+            break
+    assert codes[-1] == 1, codes
+    assert_exactly_once(run_dir, ids, failed={poison})
+    assert [(f["id"], f["reason"]) for f in read_jsonl(run_dir / "failures.jsonl")] == [(poison, "poison")]
+    assert len(events(run_dir, "hang_detected")) <= 5  # poison.py's bound, across all the sessions
