@@ -4,7 +4,7 @@ Every wedge names the items that were on the wire. An item seen in two wedges be
 alone, with nothing else in flight. Running alone is not yet proof: a server that wedges for its own reasons (a
 leak, a timer, every N requests) also wedges while a suspect happens to run alone. So a suspect is convicted
 only when it wedges a *freshly started* server alone (one that had served no other item since it started, so
-nothing else can have worn it out) twice in a row; a solo wedge of a server that had served others is noted
+nothing else can have worn it out) twice; a solo wedge of a server that had served others is noted
 as weaker evidence and the suspect goes alone again, first, on the server that wedge brings up.
 
 A real poison input therefore costs at most five restarts: two wedges to become a suspect, at most one solo
