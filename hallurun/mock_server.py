@@ -481,7 +481,8 @@ async def _main(config: MockConfig, startup_delay: float) -> None:
         print(f"mock: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     faults = ", ".join(map(str, config.faults)) or "none"
-    print(f"mock-server listening on http://{config.host}:{config.port} (faults: {faults})", flush=True)
+    keyed = "; an API key is required on /v1" if config.api_key else ""
+    print(f"mock-server listening on http://{config.host}:{config.port} (faults: {faults}){keyed}", flush=True)
     # No cleanup on the way out: wedged handlers never finish, and the process ending closes every socket.
     await asyncio.Event().wait()
 

@@ -221,3 +221,46 @@ def test_max_tokens_within_the_servers_context_runs(hallurun: Hallurun, tmp_path
                         env={"HALLURUN_API_KEY": "sesame"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_exactly_once(run_dir, ids)
+
+
+# -- the API key ----------------------------------------------------------------------------------------------------
+
+def _key_nowhere(run_dir: Path, key: str) -> None:
+    for name in ("manifest.json", "events.jsonl", "server.log", "results.jsonl"):
+        path = run_dir / name
+        assert not path.exists() or key not in path.read_text(errors="replace"), name
+
+
+def test_the_key_from_hallurun_api_key_opens_an_external_server_for_the_probe_and_every_request(
+        hallurun: Hallurun, tmp_path: Path) -> None:
+    ids = write_dataset(tmp_path / "data.jsonl", 20)
+    server = start_mock(tmp_path, "--api-key", "open-sesame")
+    try:
+        run_dir = tmp_path / "run"
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
+                            server.url, "--run-dir", str(run_dir), env={"HALLURUN_API_KEY": "open-sesame"})
+    finally:
+        stop_mock(server)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    _key_nowhere(run_dir, "open-sesame")
+    assert "open-sesame" not in proc.stdout + proc.stderr
+
+
+def test_a_vllm_api_key_inherited_from_the_shell_does_not_lock_hallurun_out_of_its_own_server(
+        hallurun: Hallurun, tmp_path: Path) -> None:
+    # The mock, like vLLM, enforces VLLM_API_KEY from its environment; hallurun sends only HALLURUN_API_KEY.
+    ids = write_dataset(tmp_path / "data.jsonl", 20)
+    run_dir = tmp_path / "run"
+    proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                        "--run-dir", str(run_dir), env={"VLLM_API_KEY": "from-the-shell"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert "API key is required" not in (run_dir / "server.log").read_text()
+    keyed = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                         "--run-dir", str(tmp_path / "keyed"), env={"VLLM_API_KEY": "from-the-shell",
+                                                                    "HALLURUN_API_KEY": "the-run-key"})
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    assert_exactly_once(tmp_path / "keyed", ids)
+    assert "API key is required" in (tmp_path / "keyed" / "server.log").read_text()  # the run's own key
+    _key_nowhere(tmp_path / "keyed", "the-run-key")
