@@ -142,7 +142,12 @@ class Checkpoint:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.repaired_bytes = repair(run_dir / RESULTS) + repair(run_dir / FAILURES)
+        self.repaired_bytes = 0
+        for name in (RESULTS, FAILURES):
+            try:
+                self.repaired_bytes += repair(run_dir / name)
+            except OSError as exc:
+                raise RunDirWriteError(run_dir / name, exc) from None
         self.done: set[str] = {str(r["id"]) for r in read_records(run_dir / RESULTS) if "id" in r}
         self.failed: dict[str, str] = {
             str(r["id"]): str(r.get("reason", "")) for r in read_records(run_dir / FAILURES) if "id" in r
@@ -169,8 +174,10 @@ class Checkpoint:
             finally:
                 history.close()
             self.failures.close()
-            write_atomic(path, b"")
-            self.failures = JsonlLog(path)
+            try:
+                write_atomic(path, b"")
+            finally:
+                self.failures = JsonlLog(path)  # open again either way: `close` must find a live descriptor
         self.failed.clear()
         return ids
 
@@ -200,11 +207,17 @@ class Checkpoint:
     def pending(self) -> int:
         return self.results.pending + self.failures.pending
 
-    def flush(self) -> None:
-        """Write and fsync what is pending, after any batch still being written by `flush_in_thread`."""
-        with self._writing:
+    def flush(self, wait: float | None = None) -> bool:
+        """Write and fsync what is pending, after any batch still being written by `flush_in_thread`. With `wait`,
+        give up after that many seconds (False): for a last-moment flush from the event loop's own thread."""
+        if not self._writing.acquire(timeout=-1 if wait is None else wait):
+            return False
+        try:
             self.results.flush()
             self.failures.flush()
+        finally:
+            self._writing.release()
+        return True
 
     async def flush_in_thread(self) -> None:
         """Write what is pending from a worker thread: an fsync can take tens of milliseconds on a busy disk,

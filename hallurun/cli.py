@@ -163,7 +163,7 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
     overrides = {k: v for k, v in operational.items() if v is not None}
     try:
         run_dir = run_dir or runner.latest_run()
-        saved = config.RunConfig.from_json(manifest.read(run_dir)["config"]).server
+        saved = runner.saved_server(run_dir)
         server_changes = {k: v for k, v in server.items() if v is not None}
         if server_args:
             server_changes["args"] = tuple(server_args)

@@ -28,7 +28,11 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise LockError naming the holder."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LockError(f"{self.path}: cannot open it ({exc.strerror or exc}); is the run directory "
+                            "writable?") from None
         # `hallurun status` takes the lock shared for an instant to see whether a run is live: a start that meets
         # it tries again for a moment rather than refusing.
         deadline = time.monotonic() + BRIEF_HOLD_S

@@ -26,7 +26,7 @@ from rich.console import Console
 from hallurun import engine, manifest
 from hallurun.checkpoint import Checkpoint
 from hallurun.client import Client
-from hallurun.config import ConfigError, RunConfig
+from hallurun.config import ConfigError, RunConfig, ServerSpec
 from hallurun.dataset import DatasetChanged, DatasetError, DatasetInfo, Item, iter_items, scan
 from hallurun.durable import RunDirWriteError, fsync_dir
 from hallurun.events import EventLog
@@ -35,11 +35,14 @@ from hallurun.progress import progress_line, show, summary_table
 from hallurun.scheduler import RestartBudgetExhausted, Scheduler
 from hallurun.server_metrics import poll
 from hallurun.stats import RunStats
-from hallurun.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor
+from hallurun.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor, free_port
 from hallurun.watchdog import Activity
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_IO = 74  # the run directory cannot be written (BSD's EX_IOERR)
+# A second Ctrl-C waits at most this long for a batch being written: a batch whose thread has not started yet
+# cannot finish while this very handler holds the event loop, and that lines simply run again after a resume.
+SECOND_SIGNAL_FLUSH_S = 2.0
 GENERATION = "generation.jsonl"
 API_KEY_ENV = "HALLURUN_API_KEY"
 
@@ -72,6 +75,7 @@ def start(config: RunConfig, console: Console | None = None) -> int:
     config = dataclasses.replace(config, dataset=config.dataset.absolute())
     with _Session(config.run_dir) as session:
         info = _scan(config)
+        _check_host(config)
         _check_server_python(config)
         _prepare_model(config)
         if (config.run_dir / manifest.MANIFEST).exists():
@@ -100,17 +104,19 @@ def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = Fal
             # The manifest's dataset path is absolute (older runs kept a relative one in their configuration).
             config = dataclasses.replace(config, run_dir=run_dir, retry_failed=retry_failed,
                                          dataset=Path(saved["dataset"]["path"]), **overrides)
+            started_with = str(saved["dataset"]["sha256"])
         except (manifest.ManifestError, ConfigError) as exc:
             raise UsageError(str(exc)) from None
         except (KeyError, TypeError) as exc:
             raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
         info = _scan(config)
+        _check_host(config)
         _check_server_python(config)
         _prepare_model(config)
-        if info.sha256 != saved["dataset"]["sha256"]:
+        if info.sha256 != started_with:
             if not force:
                 raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
-                                 f"{saved['dataset']['sha256'][:12]} → {info.sha256[:12]}); "
+                                 f"{started_with[:12]} → {info.sha256[:12]}); "
                                  "restore it, or pass --force to continue with the new file")
             _write_manifest(config, info)
         return session.drive(config, info, console or Console(soft_wrap=True), resumed=True)
@@ -121,6 +127,17 @@ def _write_manifest(config: RunConfig, info: DatasetInfo) -> None:
         manifest.write(config, info)
     except RunDirWriteError as exc:
         raise UsageError(f"{exc}; nothing was run") from None
+
+
+def _check_host(config: RunConfig) -> None:
+    """A `--host` a launched server cannot listen on is bad usage, found before anything starts."""
+    if config.server.kind == "external":
+        return
+    try:
+        free_port(config.server.host)
+    except OSError as exc:  # socket.gaierror included: a name that does not resolve
+        raise UsageError(f"--host {config.server.host}: a server cannot listen there ({exc.strerror or exc}); "
+                         "give an IPv4 address of this machine, such as 127.0.0.1") from None
 
 
 def _check_server_python(config: RunConfig) -> None:
@@ -155,6 +172,16 @@ def _prepare_model(config: RunConfig) -> None:
     except ImportError as exc:
         raise UsageError(f"--model {config.model} needs torch, transformers and tokenizers here ({exc}); "
                          "run `make install`") from None
+
+
+def saved_server(run_dir: Path) -> ServerSpec:
+    """The server a run was started with, from its manifest (for `resume` to change only what is given)."""
+    try:
+        return RunConfig.from_json(manifest.read(run_dir)["config"]).server
+    except manifest.ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
 
 
 def resume_command(run_dir: Path) -> str:
@@ -342,16 +369,17 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
         if supervisor is not None:
             supervisor.kill_now()
         with contextlib.suppress(RunDirWriteError):
-            checkpoint.flush()
+            checkpoint.flush(wait=SECOND_SIGNAL_FLUSH_S)
         os._exit(EXIT_INTERRUPTED)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    for name in latch.take():
-        on_signal(name)
     items = _Items(config, info)
     display = asyncio.create_task(show(stats, console), name="progress")
     try:
+        for name in latch.take():
+            on_signal(name)
+        await asyncio.sleep(0)  # where a signal noted before the handlers were in place cancels this task
         if not items.all_settled(checkpoint):
             connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
@@ -371,8 +399,10 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
                     stopping = True
                     metrics.cancel()
                     await asyncio.gather(metrics, return_exceptions=True)
-                    await supervisor.stop()
-                    supervisor.close()
+                    try:
+                        await supervisor.stop()
+                    finally:
+                        supervisor.close()
         stopping = True
     except asyncio.CancelledError:
         if interrupts == 0:
@@ -383,7 +413,9 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
             return _Outcome(EXIT_OK)
         return _Outcome(EXIT_INTERRUPTED, "interrupted")
     except (PortInUse, ServerRefusesRun) as exc:
-        return _Outcome(EXIT_USAGE, str(exc))  # the user's choice of port or of --max-tokens, found at the start
+        # The user's choice of port or of --max-tokens, refused at the first start, is bad usage; met at a
+        # relaunch (the port taken meanwhile), it is server trouble like any relaunch that fails.
+        return _Outcome(EXIT_USAGE if stats.restarts == 0 else EXIT_SERVER, str(exc))
     except (ServerStartError, RestartBudgetExhausted) as exc:
         return _Outcome(EXIT_SERVER, str(exc))
     except RunDirWriteError as exc:

@@ -268,8 +268,11 @@ class Scheduler:
                     self.activity.ended()
         except aiohttp.ClientError as exc:
             # A refusal is the server being down, whatever its process does; a connection that broke under a
-            # request is the item's failure unless the process turns out to be gone.
-            if is_connect_failure(exc) or await self.supervisor.has_exited():
+            # request is the item's failure unless the server turns out to be gone: its process exited, or it no
+            # longer answers /health (an external server going away resets every stream on it: the chaos suite
+            # saw items fail as `connection` from one outage).
+            if (is_connect_failure(exc) or await self.supervisor.has_exited()
+                    or not await self.supervisor.answers()):
                 raise ServerDown(f"{type(exc).__name__}: {exc}") from exc
             job.attempts += 1
             raise RequestError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from exc

@@ -138,14 +138,15 @@ def socket_inodes(pid: int) -> set[int]:
 
 
 def socket_owner(inode: int) -> str:
-    """Which process holds socket `inode`, for an error message: `pid N: command line`."""
+    """Which process holds socket `inode`, for an error message: `pid N (name)`. Only the name, never the
+    command line: another server's arguments may carry its API key, and the message reaches the run's events."""
     for name in os.listdir("/proc"):
         if name.isdigit() and inode in socket_inodes(int(name)):
             try:
-                command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                command = Path(f"/proc/{name}/comm").read_text().strip()
             except OSError:
                 command = "?"
-            return f"pid {name}: {command.strip()[:200]}"
+            return f"pid {name} ({command})"
     return "a process hallurun cannot see (another user's?)"
 
 
@@ -249,27 +250,39 @@ class Supervisor:
         return self._proc.pid if self._proc else None
 
     async def stop(self) -> None:
-        """TERM the server's whole tree, wait a grace period, then KILL the tree; wait briefly for it to vanish."""
-        proc, server = self._proc, self._server
+        """TERM the server's whole tree, wait a grace period, then KILL the tree; wait briefly for it to vanish.
+
+        Every launch not yet stopped whole is stopped, not only the current one: a stop that was cancelled midway
+        (Ctrl-C during a restart) left its server in `_live`, and the next stop finishes it (without a second
+        grace: it had its TERM). Events are written on a best effort: a full disk must not keep the signals from
+        going out."""
+        proc = self._proc
         self._proc = self._server = None  # no longer "the server": its exit is not a crash to recover from
-        if proc is None or server is None:
+        servers = list(self._live.values())
+        if not servers:
             return
-        self.events.emit("server_stopping", pid=server.pgid)
-        await asyncio.to_thread(signal_trees, [server], signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_GRACE_SECONDS):
-                await proc.wait()
+        with contextlib.suppress(RunDirWriteError):
+            self.events.emit("server_stopping", pids=[s.pgid for s in servers])
+        await asyncio.to_thread(signal_trees, servers, signal.SIGTERM)
+        if proc is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE_SECONDS):
+                    await proc.wait()
         # Children (vLLM's engine core, workers, helpers in sessions of their own) may outlive the leader: KILL
-        # the whole tree regardless. Until then the server stays in `_live`, for `kill_now` and the guardian.
-        await asyncio.to_thread(signal_trees, [server], signal.SIGKILL)
-        await proc.wait()
+        # the whole tree regardless. Until then the servers stay in `_live`, for `kill_now` and the guardian.
+        await asyncio.to_thread(signal_trees, servers, signal.SIGKILL)
+        if proc is not None:
+            await proc.wait()
         deadline = time.monotonic() + TREE_EXIT_SECONDS
-        while await asyncio.to_thread(tree_pids, [server]) and time.monotonic() < deadline:
+        while await asyncio.to_thread(tree_pids, servers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # KILLed processes outside our children: no exit event reaches us
-        self._live.pop(server.pgid, None)
-        if self._guardian:
-            self._guardian.release(server.pgid)
-        self.events.emit("server_stopped", pid=server.pgid, returncode=proc.returncode)
+        for server in servers:
+            self._live.pop(server.pgid, None)
+            if self._guardian:
+                self._guardian.release(server.pgid)
+        with contextlib.suppress(RunDirWriteError):
+            self.events.emit("server_stopped", pids=[s.pgid for s in servers],
+                             returncode=None if proc is None else proc.returncode)
 
     def kill_now(self) -> None:
         """Synchronous last resort (a second Ctrl-C): KILL every server tree still running or being stopped."""
@@ -463,6 +476,10 @@ class Supervisor:
             if comeback.ready(await self._healthy()):
                 return
             await asyncio.sleep(POLL_SECONDS)
+
+    async def answers(self) -> bool:
+        """Whether `/health` answers 200 now (after a connection broke under a request: is the server still there?)."""
+        return await self._healthy()
 
     async def _healthy(self) -> bool:
         try:

@@ -13,6 +13,7 @@ Replay one seed: `.venv/bin/python tests/chaos_run.py --seed N` (or `-k seed_N` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -34,6 +35,7 @@ from tests.conftest import REPO, free_port, mock_health, read_jsonl, server_proc
 MODEL = "chaos-model"
 TRACEBACK = "Traceback (most recent call last)"
 ROUNDS = 10  # invocations (the first and its resumes) before a run that never ends is called stuck
+WORK_BUDGET_S = 25.0  # what a schedule's items may take at its own pace, faults aside
 INVOCATION_TIMEOUT_S = 150.0  # far beyond any schedule's length on a loaded 2-core machine: past it, "hung"
 SIGINT_EXIT_TIMEOUT_S = 60.0  # the server's stop grace is 10 s; a Ctrl-C that takes longer than this is "hung"
 ORPHAN_WAIT_S = 30.0  # a killed hallurun's guardian reaps within its 5 s grace; generous for a loaded machine
@@ -162,7 +164,7 @@ def make_schedule(seed: int) -> Schedule:
     if maybe(0.15):
         low = max(20, items // 2, concurrency + 10)
         faults.append(f"crash-after:{rng.randint(low, low + items)}")
-    poison = maybe(0.12)  # a poison input costs three wedges, each a stall timeout plus a restart
+    poison = maybe(0.12)  # a poison input costs up to five wedges, each a stall timeout plus a restart
     if maybe(0.15):
         faults.append(f"stream-stall:STALL-{seed}-ZQX")
     if maybe(0.04):
@@ -178,7 +180,7 @@ def make_schedule(seed: int) -> Schedule:
         actions.append(Action(rng.choice(kinds), at_results=rng.randint(0, items), at_s=rng.uniform(0.5, 6.0)))
     if mode == "external" and maybe(0.3):
         actions.append(Action("outage", at_results=rng.randint(0, items), at_s=rng.uniform(0.5, 4.0)))
-    return Schedule(
+    schedule = Schedule(
         seed=seed, mode=mode, items=items, with_ids=maybe(0.6), unicode=maybe(0.5),
         long_prompts=rng.choice((0, 0, 0, 1, 3)), poison=poison, api=rng.choice(("chat", "chat", "completions")),
         max_tokens=rng.randint(4, 24), sampling_seed=rng.choice((None, rng.randint(0, 1000))),
@@ -186,14 +188,29 @@ def make_schedule(seed: int) -> Schedule:
         # Far above any silence the faults produce on purpose (latency ≤ 0.05 s, tokens ≥ 60/s, proxy delays
         # ≤ 0.2 s, 4 ms trickle gaps), with room for a loaded machine.
         stall_timeout=rng.choice((3.0, 4.0)), max_attempts=rng.randint(3, 5),
-        # Not below 3 with a poison input: its suspicion starts afresh in each invocation, and convicting it
-        # takes three restarts, so a smaller budget can never finish the run (a finding of its own, reported once).
+        # A poison input needs up to five restarts; its evidence outlives an invocation (RUN/poison.json), so a
+        # budget of 2 gets there a resume at a time, but the suite's rounds are few: keep 10 with poison.
         max_restarts=10 if poison else rng.choice((10, 10, 10, 2)),
         # Sometimes shorter than a slow stream (20 tokens/s): items then fail as request_timeout, as configured.
         request_timeout=rng.choice((None, None, 20.0, round(rng.uniform(0.5, 3.0), 2))),
         latency=latency, token_rate=token_rate, faults=tuple(faults), proxy=proxy,
         api_key=rng.choice((None, None, None, f"key-{seed}-secret")), restart_delay=rng.uniform(0.0, 1.5),
         actions=tuple(actions))
+    return dataclasses.replace(schedule, items=_items_within(schedule, WORK_BUDGET_S))
+
+
+def _items_within(schedule: Schedule, budget: float) -> int:
+    """At most as many items as the schedule's pace gets through in `budget` seconds: slow streams at concurrency
+    1, or a request timeout that cuts every attempt, made 150-item runs outlast the harness's patience (seeds 44
+    and 127 were reported as hung while they progressed at one item a second)."""
+    per_item = schedule.latency + (schedule.max_tokens / schedule.token_rate if schedule.token_rate else 0.0)
+    if schedule.request_timeout is not None and schedule.request_timeout < per_item:
+        # Every attempt cut at the timeout, with the backoffs between them.
+        per_item = schedule.max_attempts * schedule.request_timeout + 0.5 * 2 ** schedule.max_attempts
+    if any(f.startswith(("error-rate", "rate-limit", "stream-error-rate")) for f in schedule.faults):
+        per_item = 1.5 * per_item + 0.3  # retries, some after a Retry-After of 1 s
+    fits = int(budget * schedule.concurrency / max(per_item, 1e-3))
+    return max(min(schedule.items, 12), min(schedule.items, fits))
 
 
 # -- the dataset ---------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ ends when something unexpected happens."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -159,6 +160,7 @@ def test_a_failed_batch_is_cut_back_off_the_file_and_kept_for_the_next_flush(tmp
     (("--temperature", "-0.5"), "--temperature must not be negative"),
     (("--top-p", "1.5"), "--top-p must be above 0 and at most 1"),
     (("--server-url", "http://user:secret@127.0.0.1:9"), "--server-url must not carry credentials"),
+    (("--host", "no-such-host.invalid"), "--host no-such-host.invalid: a server cannot listen there"),
 ])
 def test_bad_options_get_one_line_and_exit_2_before_any_work(hallurun: Hallurun, tmp_path: Path,
                                                              opts: tuple[str, ...], message: str) -> None:
@@ -271,3 +273,40 @@ def test_as_pid_1_a_sigterm_before_the_run_installs_its_handlers_still_stops_hal
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err and not (run_dir / "manifest.json").exists()
+
+
+def test_a_run_dir_whose_lock_cannot_be_opened_is_named(hallurun: Hallurun, tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data.jsonl", 3)
+    run_dir = tmp_path / "run"
+    (run_dir / "lock").mkdir(parents=True)  # as root, permissions block nothing: a folder in its place does
+    proc = hallurun.run(*mock_args(tmp_path / "data.jsonl", run_dir))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and f"{run_dir / 'lock'}: cannot open it" in proc.stderr
+
+
+def test_resume_of_a_manifest_without_its_configuration_is_one_line(hallurun: Hallurun, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_bytes(b"{}")
+    proc = hallurun.run("resume", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: {run_dir / 'manifest.json'}: unreadable configuration ('config')"]
+
+
+def test_a_last_moment_flush_gives_up_on_a_batch_whose_thread_cannot_start(tmp_path: Path) -> None:
+    # A second Ctrl-C flushes from the event loop's own thread. A batch taken by `flush_in_thread` whose thread
+    # has not been started yet holds the lock, and cannot start while the handler holds the loop: waiting for
+    # it would hang hallurun for good.
+    checkpoint = Checkpoint(tmp_path)
+    checkpoint.add_result({"id": "a", "generation": "x"})
+
+    async def second_signal_meets_a_batch() -> bool:
+        batch = asyncio.ensure_future(checkpoint.flush_in_thread())
+        await asyncio.sleep(0)  # the batch is taken and the lock held; its thread is not running yet
+        gave_up = checkpoint.flush(wait=0.2) is False
+        await batch
+        return gave_up
+
+    assert asyncio.run(second_signal_meets_a_batch())
+    checkpoint.close()
+    assert [r["id"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["a"]

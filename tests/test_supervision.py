@@ -133,7 +133,7 @@ def test_a_stranger_that_takes_the_picked_port_before_the_server_binds_is_not_us
             stranger.wait()
     output = (tmp_path / "out.log").read_text()
     assert code != 0, output
-    assert f"pid {stranger.pid}:" in output and "Traceback" not in output
+    assert f"pid {stranger.pid} (" in output and "Traceback" not in output
     assert not read_jsonl(run_dir / "results.jsonl") and not read_jsonl(run_dir / "failures.jsonl")
 
 
