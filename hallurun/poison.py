@@ -4,8 +4,8 @@ Every wedge names the items that were on the wire. An item seen in two wedges be
 alone, with nothing else in flight. Running alone is not yet proof: a server that wedges for its own reasons (a
 leak, a timer, every N requests) also wedges while a suspect happens to run alone. So a suspect is convicted
 only when it wedges a *freshly started* server alone (one that had served no other item since it started, so
-nothing else can have worn it out) twice; a solo wedge of a server that had served others is noted
-as weaker evidence and the suspect goes alone again, first, on the server that wedge brings up.
+nothing else can have worn it out) twice; a solo wedge of a server that had served others is not counted
+against it, and the suspect goes alone again, first, on the server that wedge brings up.
 
 A real poison input therefore costs at most five restarts: two wedges to become a suspect, at most one solo
 wedge of a server that had served other suspects before it, then two solo wedges of fresh servers (four when it
@@ -29,7 +29,7 @@ class PoisonTracker:
     """Counts wedges per item and says which items to retry alone and which to quarantine."""
 
     strikes: int = 2  # wedges an item must be in flight at to become a suspect
-    convictions: int = 2  # solo wedges of a fresh server, in a row, that convict a suspect
+    convictions: int = 2  # solo wedges of a fresh server that convict a suspect
     seen: Counter[str] = field(default_factory=Counter)
     suspects: set[str] = field(default_factory=set)
     fresh_solo_wedges: Counter[str] = field(default_factory=Counter)
