@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,42 @@ class Checkpoint:
             finally:
                 self.failures = JsonlLog(path)  # open again either way: `close` must find a live descriptor
         self.failed.clear()
+        return ids
+
+    def supersede(self, keep: Callable[[dict[str, Any]], bool]) -> list[str]:
+        """Take back the results that `keep` rejects, so their items run again (`resume --force` after their
+        questions changed). Their lines move to `results.superseded.jsonl` first, then `results.jsonl` is
+        replaced without them atomically: a crash in between leaves them in both, never in neither."""
+        self.flush()
+        path = self.run_dir / RESULTS
+        kept: list[bytes] = []
+        dropped: list[bytes] = []
+        ids: list[str] = []
+        with path.open("rb") as fh:
+            for raw in fh:
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    kept.append(raw)  # not a result anyone reads; not ours to drop
+                    continue
+                if isinstance(record, dict) and "id" in record and not keep(record):
+                    dropped.append(raw)
+                    ids.append(str(record["id"]))
+                else:
+                    kept.append(raw)
+        if not dropped:
+            return []
+        history = JsonlLog(self.run_dir / "results.superseded.jsonl")
+        try:
+            history.write(b"".join(dropped))
+        finally:
+            history.close()
+        self.results.close()
+        try:
+            write_atomic(path, b"".join(kept))
+        finally:
+            self.results = JsonlLog(path)
+        self.done.difference_update(ids)
         return ids
 
     def is_settled(self, item_id: str) -> bool:

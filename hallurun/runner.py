@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = Fal
                                  f"{started_with[:12]} → {info.sha256[:12]}); "
                                  "restore it, or pass --force to continue with the new file")
             _write_manifest(config, info)
-        return session.drive(config, info, console or Console(soft_wrap=True), resumed=True)
+        return session.drive(config, info, console or Console(soft_wrap=True), resumed=True,
+                             changed=info.sha256 != started_with)
 
 
 def _write_manifest(config: RunConfig, info: DatasetInfo) -> None:
@@ -212,7 +214,8 @@ class _Session:
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
 
-    def drive(self, config: RunConfig, info: DatasetInfo, console: Console, *, resumed: bool) -> int:
+    def drive(self, config: RunConfig, info: DatasetInfo, console: Console, *, resumed: bool,
+              changed: bool = False) -> int:
         try:
             checkpoint = Checkpoint(config.run_dir)
         except RunDirWriteError as exc:
@@ -224,7 +227,7 @@ class _Session:
             return _report_io(config, exc)
         stats = RunStats(total=info.count)
         try:
-            outcome = self._run(config, info, checkpoint, events, stats, console, resumed=resumed)
+            outcome = self._run(config, info, checkpoint, events, stats, console, resumed=resumed, changed=changed)
         finally:
             try:
                 checkpoint.close()
@@ -234,8 +237,17 @@ class _Session:
 
     @staticmethod
     def _run(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
-             console: Console, *, resumed: bool) -> _Outcome:
+             console: Console, *, resumed: bool, changed: bool) -> _Outcome:
         try:
+            if changed:
+                # `resume --force` on a changed dataset: an answer to a question that has changed (or gone)
+                # answers nothing in the new file, so that item runs again.
+                superseded = checkpoint.supersede(_asks_the_same(config, info))
+                events.emit("results_superseded", count=len(superseded), items=superseded[:64])
+                if superseded:
+                    console.print(f"{len(superseded)} answer(s) were to questions that have changed; they run again "
+                                  f"(the old ones are in {config.run_dir / 'results.superseded.jsonl'})",
+                                  highlight=False)
             if config.retry_failed:
                 retried = checkpoint.forget_failures()
                 events.emit("failures_retried", count=len(retried))
@@ -252,6 +264,15 @@ class _Session:
                 return asyncio.run(_drive(config, info, checkpoint, events, stats, console, latch))
         except RunDirWriteError as exc:
             return _Outcome(EXIT_IO, str(exc))
+
+
+def _asks_the_same(config: RunConfig, info: DatasetInfo) -> Callable[[dict[str, Any]], bool]:
+    """Whether a result answers its id's question in the dataset as it is now (a digest per id in memory)."""
+    def digest(prompt: object) -> bytes:
+        return hashlib.blake2b(str(prompt).encode(), digest_size=8).digest()
+
+    now = {item.id: digest(item.prompt) for item in iter_items(config.dataset, config.limit, expected=info)}
+    return lambda result: now.get(str(result.get("id"))) == digest(result.get("prompt"))
 
 
 def _report_io(config: RunConfig, exc: RunDirWriteError) -> int:

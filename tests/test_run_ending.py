@@ -310,3 +310,28 @@ def test_a_last_moment_flush_gives_up_on_a_batch_whose_thread_cannot_start(tmp_p
     assert asyncio.run(second_signal_meets_a_batch())
     checkpoint.close()
     assert [r["id"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["a"]
+
+
+def test_resume_force_runs_again_the_items_whose_question_changed_and_eval_reads_the_run(
+        hallurun: Hallurun, tmp_path: Path) -> None:
+    data, run_dir = tmp_path / "data.jsonl", tmp_path / "run"
+    def write(prompts: list[str]) -> None:  # records without ids, with what a mixedentities eval reads
+        data.write_bytes(b"".join(orjson.dumps({"prompt": p, "name": f"Thing {i}"}) + b"\n"
+                                  for i, p in enumerate(prompts)))
+
+    before = [f"question {i}" for i in range(20)]
+    write(before)
+    assert hallurun.run(*mock_args(data, run_dir)).returncode == 0
+    after = [f"a new question {i}" if i in (3, 7) else p for i, p in enumerate(before)]
+    write(after)  # ids are positions: items 3 and 7 now ask something else
+    assert hallurun.run("resume", str(run_dir)).returncode == 2
+    proc = hallurun.run("resume", str(run_dir), "--force")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 answer(s) were to questions that have changed" in proc.stdout
+    assert [r["id"] for r in read_jsonl(run_dir / "results.superseded.jsonl")] == ["3", "7"]
+    results = read_jsonl(run_dir / "results.jsonl")
+    assert sorted(int(r["id"]) for r in results) == list(range(20))
+    assert all(r["prompt"] == after[int(r["id"])] for r in results)
+    assert [g["prompt"] for g in read_jsonl(run_dir / "generation.jsonl")] == after
+    judged = hallurun.run("eval", str(run_dir), "--evaluator", "mixedentities")
+    assert judged.returncode == 0, judged.stdout + judged.stderr
