@@ -253,7 +253,8 @@ def tiny_model_command(path: Path | None) -> None:
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="Inject a fault (repeatable): hang-after:N, crash-after:N, error-rate:P, rate-limit:P, "
                    "stream-error-rate:P, drop-reused:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start, "
-                   "no-done (streams end without `data: [DONE]`).")
+                   "no-done (streams end without `data: [DONE]`), ignore-restarts:N (the first N POST /restart "
+                   "are answered but not done).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random faults.")
 @click.option("--script", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSONL of {"match": TEXT, "response": ANSWER}: a prompt containing TEXT gets ANSWER verbatim.')

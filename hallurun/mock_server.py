@@ -30,10 +30,10 @@ from aiohttp import web
 from hallurun.jsonl import JsonlError, read_objects
 
 FAULT_KINDS = ("hang-after", "crash-after", "error-rate", "rate-limit", "stream-error-rate", "drop-reused",
-               "poison", "stream-stall", "startup-delay", "fail-start", "no-done")
+               "poison", "stream-stall", "startup-delay", "fail-start", "no-done", "ignore-restarts")
 _FLAG_FAULTS = frozenset({"fail-start", "no-done"})  # faults that take no value
 _TEXT_FAULTS = frozenset({"poison", "stream-stall"})
-_COUNT_FAULTS = frozenset({"hang-after", "crash-after"})
+_COUNT_FAULTS = frozenset({"hang-after", "crash-after", "ignore-restarts"})
 _PROBABILITY_FAULTS = ("error-rate", "rate-limit", "stream-error-rate")  # order of the per-request draws
 _DROP_REUSED = "drop-reused"  # also a probability, drawn only for a request on a kept-alive connection
 
@@ -177,6 +177,7 @@ class MockServer:
         self.connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # those that have served
         self.wedged = asyncio.Event()
         self.arrived = 0
+        self.restarts_asked = 0
         self.running = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -238,6 +239,10 @@ class MockServer:
         response = web.Response(body=orjson.dumps({"status": "restarting"}), content_type="application/json")
         await response.prepare(request)
         await response.write_eof()
+        self.restarts_asked += 1
+        ignored = self.number("ignore-restarts")
+        if ignored is not None and self.restarts_asked <= ignored:
+            return response  # said yes, and stays: a restart endpoint that lost the request
         # Go a moment after the reply has left; coming back is the supervisor's job, as with HalluLens' protocol.
         asyncio.get_running_loop().call_later(0.05, _exit, 0)
         return response

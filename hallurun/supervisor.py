@@ -40,6 +40,7 @@ SERVER_LOG = "server.log"
 STOP_GRACE_SECONDS = 10.0
 TREE_EXIT_SECONDS = 5.0  # after the KILL, a wait for the tree to vanish: a GPU's memory is free only then
 PROBE_ATTEMPTS = 5  # a healthy server whose generations keep failing is broken, not slow
+RESTART_RESEND_S = 5.0  # an old server still answering this long after POST /restart is asked again
 POLL_SECONDS = 0.25  # polling is the only way to learn that another process has opened (or closed) its port
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 _PR_SET_PDEATHSIG = 1
@@ -466,6 +467,7 @@ class Supervisor:
         raise self._start_error(f"the server is healthy but a generation request failed ({problem})")
 
     async def _wait_healthy(self, deadline: float, comeback: Comeback) -> None:
+        asked = time.monotonic()
         while True:
             self._check_alive()
             if time.monotonic() > deadline:
@@ -475,6 +477,12 @@ class Supervisor:
                 raise self._start_error(f"no healthy answer from {self.base_url}/health in time")
             if comeback.ready(await self._healthy()):
                 return
+            if not comeback.seen_gone and time.monotonic() - asked >= RESTART_RESEND_S:
+                # Still the old server, long after it was asked to go: ask again. The chaos suite met a
+                # `POST /restart` that the server acknowledged in no way we could see, and a run that waited out
+                # the whole restart wait for it; a second request costs at most one restart more.
+                await self._request_external_restart(again=True)
+                asked = time.monotonic()
             await asyncio.sleep(POLL_SECONDS)
 
     async def answers(self) -> bool:
@@ -534,23 +542,30 @@ class Supervisor:
         where = f"\n--- last lines of {self.log_path} ---\n{tail}" if tail else ""
         return ServerStartError(f"{what}{where}")
 
-    async def _request_external_restart(self) -> bool:
+    async def _request_external_restart(self, *, again: bool = False) -> bool:
         """POST /restart. True when the server accepted it, so the old server must be seen going before a healthy
         answer counts; not when it refused (it does not restart) or nothing listened (it is gone already)."""
-        self.events.emit("restart_requested", url=self.base_url,
-                         note="external server: a supervisor must bring it back")
+        accepted, answer = await self._post_restart()
+        self.events.emit("restart_requested_again" if again else "restart_requested", url=self.base_url,
+                         answer=answer, note="external server: a supervisor must bring it back")
+        return accepted
+
+    async def _post_restart(self) -> tuple[bool, str]:
+        """POST /restart: (whether the server may be going, what it answered)."""
         for fresh_try in (False, True):
             try:
                 async with self.session.post(self.base_url + "/restart", headers=self._auth(),
                                              timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    return 200 <= resp.status < 300
-            except aiohttp.ClientConnectorError:
-                return False  # nothing listens: no old server is left to mistake for the new one
+                    return 200 <= resp.status < 300, f"HTTP {resp.status}"
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing listens: no old server is left to mistake for the new one.
+                return False, type(exc).__name__
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # A kept-alive connection the last server closed never carried the request: send it again on a
                 # new one. Seen in tests: the request lost that way, the server never restarted, and the run
                 # waited the whole restart wait for an old server that had not been asked to go.
                 if not fresh_try and is_stale_connection(exc):
                     continue
-                return True  # it got the request (a wedged server, one that exits without a reply): it may be going
-        return True
+                # It got the request (a wedged server, one that exits without a reply): it may be going.
+                return True, type(exc).__name__
+        return True, "no answer"

@@ -264,3 +264,24 @@ def test_a_vllm_api_key_inherited_from_the_shell_does_not_lock_hallurun_out_of_i
     assert_exactly_once(tmp_path / "keyed", ids)
     assert "API key is required" in (tmp_path / "keyed" / "server.log").read_text()  # the run's own key
     _key_nowhere(tmp_path / "keyed", "the-run-key")
+
+
+def test_an_old_server_that_stays_after_post_restart_is_asked_again(hallurun: Hallurun, tmp_path: Path) -> None:
+    # Each server process says yes to its first POST /restart and stays: only a second request makes it go.
+    ids = write_dataset(tmp_path / "data.jsonl", 60)
+    port = free_port()
+    server = " ".join([*mock_command(port, "--fault", "hang-after:30", "--fault", "ignore-restarts:1")])
+    outside = subprocess.Popen(["bash", "-c", f"while true; do {server}; done"], env=hallurun.env,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    try:
+        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the external server")
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
+                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--stall-timeout", "2",
+                            "--restart-wait", "30")
+    finally:
+        os.killpg(outside.pid, signal.SIGKILL)
+        outside.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert events(run_dir, "restart_requested_again")
