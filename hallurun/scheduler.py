@@ -265,7 +265,7 @@ class Scheduler:
                         completion = await self.client.complete(job.item.prompt, flight)
                 finally:
                     flight.end_attempt()
-                    self.activity.ended()
+                    self.activity.ended(loop.time())
         except aiohttp.ClientError as exc:
             # A refusal is the server being down, whatever its process does; a connection that broke under a
             # request is the item's failure unless the server turns out to be gone: its process exited, or it no

@@ -23,25 +23,36 @@ from dataclasses import dataclass, field
 @dataclass
 class Activity:
     """When the server last showed signs of life (any byte on any request, or the moment a request went on
-    the wire with none other there), and how many requests are on the wire now."""
+    the wire with none other there), and how many requests are on the wire now.
+
+    Silence is counted only while something is on the wire, and it is not forgiven by taking requests off it:
+    silence seen before the wire last emptied (a request cut by `--request-timeout` with no byte received) is
+    carried to the next request sent. Otherwise a request timeout shorter than the stall timeout, at concurrency
+    1, made each attempt start a fresh clock, so a wedged server was never found and every item failed as
+    `request_timeout` instead (chaos seed 2060)."""
 
     last: float = 0.0
     on_wire: int = 0
+    carried: float = 0.0  # silence seen on the wire before it emptied, carried to the next request sent
 
     def touch(self, now: float) -> None:
+        """A sign of life: the silence ends here."""
         if now > self.last:
             self.last = now
+        self.carried = 0.0
 
     def sent(self, now: float) -> None:
-        """A request went on the wire. The first one starts the silence clock: before it, nothing was waiting
-        on the server (everything slept before a retry, or nothing ran), so no silence could mean anything."""
+        """A request went on the wire. With none other there, the silence clock resumes: from now, less what was
+        carried (before the first request, or after a sign of life, nothing is)."""
         if self.on_wire == 0:
-            self.touch(now)
+            self.last = max(self.last, now - self.carried)
         self.on_wire += 1
 
-    def ended(self) -> None:
+    def ended(self, now: float) -> None:
         """A request left the wire (answered, failed, cut or cancelled)."""
         self.on_wire -= 1
+        if self.on_wire == 0:
+            self.carried = max(0.0, now - self.last)
 
 
 @dataclass(eq=False)

@@ -81,7 +81,8 @@ def test_the_silence_clock_starts_when_a_request_goes_on_the_wire_with_none_othe
     activity = Activity(last=0.0)
     activity.sent(5.0)  # the only request on the wire: the clock starts now
     assert activity.last == 5.0
-    activity.ended()  # it ends in an error; the others sleep before their retries, long past the stall timeout
+    activity.touch(6.0)  # it ends in an error (an answer: a sign of life); the others sleep before their retries,
+    activity.ended(6.0)  # long past the stall timeout
     retry = Flight("r")
     retry.new_attempt(100.0)
     activity.sent(100.0)
@@ -352,3 +353,27 @@ def test_the_evidence_against_suspects_round_trips_through_json() -> None:
     assert again.is_suspect("a") and not again.is_suspect("b")
     assert again.on_wedge(["a"], solo="a", fresh=True) == ["a"]  # the second fresh solo wedge convicts
     assert PoisonTracker.from_json({"seen": {"x": "many"}, "suspects": "y"}) == PoisonTracker()
+
+
+def test_silence_before_the_wire_emptied_is_carried_to_the_next_request() -> None:
+    # Concurrency 1, --request-timeout 2 s, --stall-timeout 3 s, a wedged server: each attempt is cut at 2 s
+    # with no byte, then sleeps before its retry. The silence adds up over the attempts, not over the sleeps.
+    activity = Activity(last=0.0)
+    attempt = Flight("only")
+    activity.sent(10.0)
+    attempt.new_attempt(10.0)
+    assert not inspect(12.0, [attempt], activity, 3).wedged
+    attempt.end_attempt()
+    activity.ended(12.0)  # cut by the request timeout: two seconds of silence on the wire
+    assert inspect(20.0, [attempt], activity, 3) == Verdict()  # sleeping before the retry: not silent
+    activity.sent(20.0)
+    attempt.new_attempt(20.0)
+    verdict = inspect(21.0, [attempt], activity, 3)
+    assert verdict.wedged and verdict.quiet_for == 3.0
+    # A sign of life (an error answer, a byte) forgives what was carried.
+    activity.touch(21.5)
+    attempt.end_attempt()
+    activity.ended(21.5)
+    activity.sent(30.0)
+    attempt.new_attempt(30.0)
+    assert not inspect(32.0, [attempt], activity, 3).wedged

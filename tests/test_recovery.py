@@ -192,3 +192,17 @@ def test_the_evidence_against_a_poison_input_outlives_a_session(hallurun: Hallur
     assert_exactly_once(run_dir, ids, failed={poison})
     assert [(f["id"], f["reason"]) for f in read_jsonl(run_dir / "failures.jsonl")] == [(poison, "poison")]
     assert len(events(run_dir, "hang_detected")) <= 5  # poison.py's bound, across all the sessions
+
+
+def test_a_request_timeout_shorter_than_the_stall_timeout_does_not_hide_a_wedge(hallurun: Hallurun,
+                                                                                tmp_path: Path) -> None:
+    # One request at a time, each cut after 1 s, the wedge window 2 s: only silence carried over from attempt to
+    # attempt reveals the wedge. Unseen, every item after it failed as request_timeout.
+    ids = write_dataset(tmp_path / "data.jsonl", 20)
+    run_dir = tmp_path / "run"
+    proc = mock_run(hallurun, tmp_path / "data.jsonl", run_dir, "--concurrency", "1", "--request-timeout", "1",
+                    "--stall-timeout", "2", faults=("hang-after:10",))
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert events(run_dir, "hang_detected") and events(run_dir, "server_restarted")
