@@ -39,7 +39,13 @@ from hallurun.policy import is_stale_connection
 SERVER_LOG = "server.log"
 STOP_GRACE_SECONDS = 10.0
 TREE_EXIT_SECONDS = 5.0  # after the KILL, a wait for the tree to vanish: a GPU's memory is free only then
-PROBE_ATTEMPTS = 5  # a healthy server whose generations keep failing is broken, not slow
+# A healthy server whose generations fail this many times in a row is broken, not slow. At 5, a server failing a
+# third of its requests (a flaky one that a run copes with, retrying) was refused about once in 250 starts in the
+# chaos suite (0.33^5); at 10 it is once in 60,000, and a broken server is still refused within seconds.
+PROBE_ATTEMPTS = 10
+# One probe may take at most half of the time left (but not less than this): a connection that never answers
+# (half open, or held by a proxy) must leave time for another try, where it used to take the whole startup wait.
+PROBE_MIN_S = 5.0
 RESTART_RESEND_S = 5.0  # an old server still answering this long after POST /restart is asked again
 POLL_SECONDS = 0.25  # polling is the only way to learn that another process has opened (or closed) its port
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -505,8 +511,8 @@ class Supervisor:
         probe = request_body(self.config.model, "Say OK.", Sampling(api=self.config.sampling.api, max_tokens=1),
                              stream=False)
         url = self.base_url + endpoint(self.config.sampling.api)
-        async with self.session.post(url, json=probe, headers=self._auth(),
-                                     timeout=aiohttp.ClientTimeout(total=left)) as resp:
+        timeout = aiohttp.ClientTimeout(total=min(left, max(left / 2, PROBE_MIN_S)))
+        async with self.session.post(url, json=probe, headers=self._auth(), timeout=timeout) as resp:
             return resp.status, await resp.text()
 
     async def _check_context(self) -> None:

@@ -285,3 +285,19 @@ def test_an_old_server_that_stays_after_post_restart_is_asked_again(hallurun: Ha
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_exactly_once(run_dir, ids)
     assert events(run_dir, "restart_requested_again")
+
+
+def test_a_server_failing_many_of_its_requests_still_passes_the_readiness_probe(hallurun: Hallurun,
+                                                                                tmp_path: Path) -> None:
+    # Seeded: this mock fails its first six requests (the probes) with HTTP 500 and then answers: a flaky server
+    # a run copes with by retrying, not a broken one. Five failed probes used to refuse it.
+    ids = write_dataset(tmp_path / "data.jsonl", 10)
+    run_dir = tmp_path / "run"
+    proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
+                        "--run-dir", str(run_dir), "--max-attempts", "20", "--",
+                        "--fault", "error-rate:0.6", "--seed", "4")
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    assert events(run_dir, "server_started")
+    settled = {r["id"] for r in read_jsonl(run_dir / "results.jsonl")} | {
+        f["id"] for f in read_jsonl(run_dir / "failures.jsonl")}
+    assert settled == set(ids)
