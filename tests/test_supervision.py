@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,22 @@ def test_a_server_failing_many_of_its_requests_still_passes_the_readiness_probe(
     settled = {r["id"] for r in read_jsonl(run_dir / "results.jsonl")} | {
         f["id"] for f in read_jsonl(run_dir / "failures.jsonl")}
     assert settled == set(ids)
+
+
+def test_a_probe_that_is_never_answered_leaves_time_for_another(hallurun: Hallurun, tmp_path: Path) -> None:
+    # The first readiness probe goes on a connection that is accepted and never answered; one probe used to wait
+    # for the whole startup timeout, and the start failed although the server answered the next one at once.
+    ids = write_dataset(tmp_path / "data.jsonl", 10)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "held_probe_server.py"), "--port",
+                               str(port), "--hold", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    try:
+        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stand-in server")
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
+                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--startup-timeout", "12")
+    finally:
+        server.kill()
+        server.wait(10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
