@@ -1,8 +1,10 @@
 """The guardian: a tiny sidecar that stops the server's process trees if hallurun dies without doing so.
 
-hallurun keeps the write end of a pipe to the guardian's stdin and tells it, line by line, which servers it owns
-(`+PGID TOKEN`) and which it has already stopped (`-PGID`). When the pipe reaches EOF (hallurun has exited by any
-means, `kill -9` included) the guardian terminates every server still listed: TERM, a grace period, then KILL.
+hallurun keeps the write end of a pipe to the guardian's stdin and tells it, line by line, which launch is about
+to start (`?TOKEN`, before the fork: a hallurun killed between the fork and the next line still leaves the
+guardian the token to sweep by), which servers it owns (`+PGID TOKEN`) and which it has already stopped
+(`-PGID`). When the pipe reaches EOF (hallurun has exited by any means, `kill -9` included) the guardian
+terminates every server still listed: TERM, a grace period, then KILL.
 This covers what a parent-death signal cannot: the server's own children.
 
 A server's tree is more than its process group: a helper that calls `setsid` (a daemon, a worker pool) leaves
@@ -34,7 +36,8 @@ POLL_SECONDS = 0.05  # no event tells us when processes outside our own children
 
 @dataclass(frozen=True)
 class Server:
-    """One launched server: its process group (== its session, since it leads a new one) and its token."""
+    """One launched server: its process group (== its session, since it leads a new one; 0 while the launch is
+    only announced) and its token."""
 
     pgid: int
     token: str
@@ -47,7 +50,7 @@ class Server:
 
 def tree_pids(servers: Iterable[Server], exclude: Iterable[int] = ()) -> set[int]:
     """Live processes (not zombies) of these servers' trees: in one of their sessions, or carrying a token."""
-    sessions = {s.pgid for s in servers}
+    sessions = {s.pgid for s in servers if s.pgid > 0}
     markers = {s.marker for s in servers}
     skip = {os.getpid(), *exclude}
     found = set()
@@ -74,7 +77,8 @@ def signal_trees(servers: Iterable[Server], sig: int, exclude: Iterable[int] = (
     """Send `sig` to each server's process group and to every other process of its tree; returns those pids."""
     servers = list(servers)
     for server in servers:
-        _signal_group(server.pgid, sig)
+        if server.pgid > 0:  # 0 would be the caller's own group
+            _signal_group(server.pgid, sig)
     pids = tree_pids(servers, exclude)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -97,16 +101,20 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def read_protocol(lines: Iterable[str]) -> dict[int, Server]:
-    """The servers still owned once `lines` (the guardian's stdin) end: `+PGID TOKEN` adds, `-PGID` removes."""
-    servers: dict[int, Server] = {}
+def read_protocol(lines: Iterable[str]) -> dict[str, Server]:
+    """The servers still owned once `lines` (the guardian's stdin) end, by token: `?TOKEN` announces a launch,
+    `+PGID TOKEN` adds its server, `-PGID` removes it."""
+    servers: dict[str, Server] = {}
     for line in lines:
         line = line.strip()
-        if line.startswith("+"):
+        if line.startswith("?"):
+            servers[line[1:]] = Server(0, line[1:])
+        elif line.startswith("+"):
             pgid, _, token = line[1:].partition(" ")
-            servers[int(pgid)] = Server(int(pgid), token)
+            servers[token] = Server(int(pgid), token)
         elif line.startswith("-"):
-            servers.pop(int(line[1:]), None)
+            gone = int(line[1:])
+            servers = {token: server for token, server in servers.items() if server.pgid != gone}
     return servers
 
 
@@ -153,6 +161,10 @@ class Guardian:
             self._proc.stdin.flush()
         except (BrokenPipeError, ValueError):  # dead guardian, or a closed pipe: its replacement is told instead
             pass
+
+    def expect(self, token: str) -> None:
+        """A launch with this token is about to start."""
+        self._say(f"?{token}")
 
     def watch(self, server: Server) -> None:
         self._say(f"+{server.pgid} {server.token}")

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import signal
@@ -204,10 +205,13 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to TERM it when hallurun's thread dies.
+def _die_with_parent(parent: int) -> None:
+    # Runs in the child between fork and exec: ask the kernel to TERM it when hallurun's thread dies. A parent that
+    # died before the request was made sends no signal at all: then the child must not go on to become a server.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class Supervisor:
@@ -388,6 +392,9 @@ class Supervisor:
         self._claim_port()
         spec = engine.launch(self.config, self.port, environ=self.env)
         token = uuid.uuid4().hex  # marks every process of this launch, those that leave its session included
+        # Told before the fork: the chaos suite killed hallurun (-9) between a relaunch's fork and the `watch`
+        # below, before the child had set its parent-death signal, and that server outlived everything.
+        self._guardian.expect(token)
         with self.log_path.open("ab") as log:
             extra = "".join(f"{k}={v} " for k, v in spec.env.items())
             log.write(f"\n=== hallurun: starting {extra}{' '.join(spec.cmd)}\n".encode())
@@ -396,7 +403,7 @@ class Supervisor:
             log.flush()
             self._proc = await asyncio.create_subprocess_exec(
                 *spec.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
                 env={**self.env, **spec.env, SERVER_ID_ENV: token},
                 # `python -m` puts the working directory on sys.path: a stray queue.py there breaks vLLM.
                 cwd=self.config.run_dir,

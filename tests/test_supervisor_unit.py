@@ -69,8 +69,8 @@ def test_after_a_restart_request_a_healthy_answer_counts_only_once_the_old_serve
 
 
 def test_the_guardian_protocol_keeps_servers_until_released() -> None:
-    servers = read_protocol(["+10 aaa\n", "+20 bbb\n", "-10\n", "\n"])
-    assert servers == {20: Server(20, "bbb")}
+    servers = read_protocol(["?aaa\n", "+10 aaa\n", "?bbb\n", "+20 bbb\n", "-10\n", "\n", "?ccc\n"])
+    assert servers == {"bbb": Server(20, "bbb"), "ccc": Server(0, "ccc")}  # ccc: announced, killed before its fork
     assert Server(20, "bbb").marker == f"{SERVER_ID_ENV}=bbb".encode()
 
 
@@ -95,11 +95,32 @@ def test_a_tree_is_its_session_and_every_process_with_its_token() -> None:
     try:
         server = Server(leader.pid, token)
         assert tree_pids([server]) == {leader.pid, helper.pid}
-        assert signal_trees([server], signal.SIGKILL) == {leader.pid, helper.pid}
+        # The group's KILL goes first: the leader may already be a zombie (not listed) when the tree is read.
+        assert {helper.pid} <= signal_trees([server], signal.SIGKILL) <= {leader.pid, helper.pid}
         assert leader.wait(10) == -signal.SIGKILL and helper.wait(10) == -signal.SIGKILL
         assert other.poll() is None
         assert tree_pids([server]) == set()
     finally:
         for proc in (leader, helper, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_launch_announced_but_never_watched_is_still_reaped_by_the_guardian() -> None:
+    # hallurun killed between a launch's fork and its `watch`: the guardian only heard `?TOKEN`, and the server
+    # (here a process carrying the token in a session of its own) must still go when the guardian's pipe closes.
+    token = f"announced-{os.getpid()}"
+    server = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], start_new_session=True,
+                              env={**os.environ, SERVER_ID_ENV: token})
+    guardian = subprocess.Popen([sys.executable, "-m", "hallurun.guardian"], stdin=subprocess.PIPE,
+                                start_new_session=True)
+    try:
+        assert guardian.stdin is not None
+        guardian.stdin.write(f"?{token}\n".encode())
+        guardian.stdin.close()  # as when hallurun dies
+        assert server.wait(30) == -signal.SIGTERM
+        assert guardian.wait(30) == 0
+    finally:
+        for proc in (server, guardian):
             proc.kill()
             proc.wait()
