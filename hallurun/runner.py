@@ -75,10 +75,7 @@ def start(config: RunConfig, console: Console | None = None) -> int:
     # Absolute, so that `hallurun resume` finds the data from any working directory.
     config = dataclasses.replace(config, dataset=config.dataset.absolute())
     with _Session(config.run_dir) as session:
-        info = _scan(config)
-        _check_host(config)
-        _check_server_python(config)
-        _prepare_model(config)
+        info = _preflight(config)
         if (config.run_dir / manifest.MANIFEST).exists():
             try:
                 existing = manifest.read(config.run_dir)
@@ -110,10 +107,7 @@ def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = Fal
             raise UsageError(str(exc)) from None
         except (KeyError, TypeError) as exc:
             raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
-        info = _scan(config)
-        _check_host(config)
-        _check_server_python(config)
-        _prepare_model(config)
+        info = _preflight(config)
         if info.sha256 != started_with:
             if not force:
                 raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
@@ -129,6 +123,15 @@ def _write_manifest(config: RunConfig, info: DatasetInfo) -> None:
         manifest.write(config, info)
     except RunDirWriteError as exc:
         raise UsageError(f"{exc}; nothing was run") from None
+
+
+def _preflight(config: RunConfig) -> DatasetInfo:
+    """Everything checked before any work starts: the data, the host, the server's Python; the tiny model built."""
+    info = _scan(config)
+    _check_host(config)
+    _check_server_python(config)
+    _prepare_model(config)
+    return info
 
 
 def _check_host(config: RunConfig) -> None:
@@ -299,6 +302,8 @@ class _Items:
 
     def all_settled(self, checkpoint: Checkpoint) -> bool:
         """Whether no item needs the server (then none is launched: a finished run only writes its files)."""
+        if len(checkpoint.done) + len(checkpoint.failed) < self.info.count:
+            return False  # fewer settled than items: no need to read the dataset again to know
         try:
             return all(checkpoint.is_settled(item.id) for item in iter_items(self.config.dataset, self.config.limit,
                                                                              expected=self.info))
