@@ -64,11 +64,11 @@ from bench.common import (
     shown,
     write_dataset,
 )
-from hallurun.engine import CPU_KVCACHE_GIB, KEEP_ALIVE_S
-from hallurun.server_metrics import parse as parse_metrics
+from hallurun.server.launch import CPU_KVCACHE_GIB, KEEP_ALIVE_S
+from hallurun.wire.metrics import parse as parse_metrics
 
 SERVED = "tiny"
-# The environment hallurun gives the vLLM it launches on a CPU (`hallurun.engine.launch`): the bench's shared
+# The environment hallurun gives the vLLM it launches on a CPU (`hallurun.server.launch.launch`): the bench's shared
 # server is started as hallurun would start it.
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": KEEP_ALIVE_S}
 # The server's CPU weight against the clients (see `lower_server_weight` and the module's docstring).
@@ -87,7 +87,7 @@ class EnginePlan:
 
 
 def _tiny_model() -> str:
-    from hallurun import tiny_model
+    from hallurun.server import tiny_model
 
     return tiny_model.resolve(tiny_model.TINY_NAME)
 

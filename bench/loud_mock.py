@@ -11,7 +11,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from hallurun import cli, mock_server
+from hallurun import cli
+from hallurun.server import mock as mock_server
 
 WEDGED_LINE = "mock: wedged"
 

@@ -127,7 +127,9 @@ def inference(task: str, dataset: Path | None, limit: int | None, model: str, ap
               server_kind: str, server_url: str | None, host: str, run_dir: Path | None, server_args: tuple[str, ...],
               **ops: Any) -> None:
     """Run a task's prompts against a supervised server. Arguments after `--` go to the server command."""
-    from hallurun import config, runner, tasks
+    from hallurun import config
+    from hallurun.core import runner
+    from hallurun.tasks import registry as tasks
 
     operational, server = _split_operational(ops)
     try:
@@ -157,7 +159,9 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
     its manifest; operational options and server arguments after `--` may be changed."""
     import dataclasses
 
-    from hallurun import config, manifest, runner
+    from hallurun import config
+    from hallurun.core import runner
+    from hallurun.store import manifest
 
     operational, server = _split_operational(ops)
     overrides = {k: v for k, v in operational.items() if v is not None}
@@ -180,8 +184,9 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status(run_dir: Path | None, as_json: bool) -> None:
     """Show a run's progress, failures and restarts (default: the most recent run)."""
-    from hallurun import manifest, runner
-    from hallurun import status as run_status
+    from hallurun.core import runner
+    from hallurun.store import manifest
+    from hallurun.store import summary as run_status
 
     try:
         summary = run_status.summarize(run_dir or runner.latest_run())
@@ -204,7 +209,7 @@ def status(run_dir: Path | None, as_json: bool) -> None:
 @main.command("tasks")
 def list_tasks() -> None:
     """List the built-in tasks."""
-    from hallurun import tasks
+    from hallurun.tasks import registry as tasks
 
     for task in tasks.builtin_tasks():
         click.echo(f"{task.name:16} {task.description}  [{task.dataset}]")
@@ -218,7 +223,9 @@ def doctor(model: str, server_python: str | None, server_args: tuple[str, ...]) 
     """Check this machine: vLLM, GPU, disk, the model, and the exact server command hallurun would run."""
     from rich.console import Console
 
-    from hallurun import config, doctor, tasks
+    from hallurun import config
+    from hallurun.server import doctor
+    from hallurun.tasks import registry as tasks
 
     spec = tasks.Task(name="doctor", description="", dataset=Path("-"))
     cfg = config.build(spec, model=model, run_dir=Path("runs"),
@@ -232,7 +239,7 @@ def tiny_model_command(path: Path | None) -> None:
     """Build the tiny random Llama model (no download) at PATH, or in the cache where `--model tiny` finds it.
 
     It is a smoke-test model: it exercises the real engine, and its answers are noise."""
-    from hallurun import tiny_model
+    from hallurun.server import tiny_model
 
     try:
         built = tiny_model.build(path) if path else Path(tiny_model.resolve("tiny"))
@@ -266,7 +273,7 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
                         max_model_len: int | None, faults: tuple[str, ...], seed: int, script: str | None,
                         api_key: str | None, term_delay: float) -> None:
     """A fault-injecting server that behaves like vLLM's OpenAI server."""
-    from hallurun import mock_server
+    from hallurun.server import mock as mock_server
 
     try:
         parsed = tuple(mock_server.parse_fault(spec) for spec in faults)
@@ -308,7 +315,9 @@ def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None,
     RUN_DIR/eval/<judge>/. Arguments after `--` go to the judge server's command."""
     from rich.console import Console
 
-    from hallurun import config, evaluate, report, runner
+    from hallurun import config
+    from hallurun.core import runner
+    from hallurun.eval import evaluate, report
 
     operational, server = _split_operational(ops)
     if judge_server == "external" and not judge_url:
@@ -352,7 +361,7 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
     """Print the evaluation metrics of several runs side by side."""
     from rich.console import Console
 
-    from hallurun import compare, evaluate
+    from hallurun.eval import compare, evaluate
 
     try:
         runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in run_dirs]
@@ -369,7 +378,7 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
               help="Which question set to build.")
 @click.option("--docs", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="GoodWiki-style JSONL: title, document (markdown), h_score_cat (0–9), optional pageid, revid, "
-                   "description, categories. A sample: tasks/precisewikiqa/goodwiki_sample.jsonl.")
+                   "description, categories. A sample: hallurun/tasks/precisewikiqa/goodwiki_sample.jsonl.")
 @click.option("--model", required=True, help="The generator model, as the server knows it.")
 @click.option("--n", "n", required=True, type=click.IntRange(min=1),
               help="Questions to draft, spread evenly over the popularity bins (fewer survive the check).")
@@ -389,8 +398,9 @@ def generate(task_name: str, docs: Path, model: str, n: int, out: Path | None, s
     """Build a PreciseWikiQA question file with a generator model: a question per passage, then an
     answerability check. Both stages run supervised and resumable; run the same command again to continue.
     Arguments after `--` go to the server command."""
-    from hallurun import config, runner, stage
-    from hallurun import generate as gen
+    from hallurun import config
+    from hallurun.core import runner, stage
+    from hallurun.tasks.precisewikiqa import generate as gen
 
     operational, server = _split_operational(ops)
     settings = stage.Settings(
@@ -410,8 +420,8 @@ def generate(task_name: str, docs: Path, model: str, n: int, out: Path | None, s
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSONL file to write.")
 def build_entities(n: int, seed: int, out: Path) -> None:
     """Make a MixedEntities dataset: animals, plants, bacteria and medicines that do not exist, named from real
-    genus, epithet and medicine parts (tasks/mixedentities/*.json). The built-in set is `--n 100 --seed 0`."""
-    from hallurun import mixedentities
+    genus, epithet and medicine parts (hallurun/tasks/mixedentities/*.json). The built-in set is `--n 100 --seed 0`."""
+    from hallurun.tasks.mixedentities import names as mixedentities
 
     try:
         records = mixedentities.build(n, seed)

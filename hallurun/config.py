@@ -137,7 +137,7 @@ def build(task: Any, *, model: str, run_dir: Path, dataset: Path | None = None, 
           operational: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> RunConfig:
     """Build a run's configuration: the task's defaults, overridden by what the user gave.
 
-    `task` is a `hallurun.tasks.Task`; None values in the option dicts mean "not given". HalluLens'
+    `task` is a `hallurun.tasks.registry.Task`; None values in the option dicts mean "not given". HalluLens'
     ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME apply unless the matching option is given.
     """
     given = {k: v for k, v in (sampling or {}).items() if v is not None}

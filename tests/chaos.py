@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from hallurun.mock_server import Job
+from hallurun.server.mock import Job
 from tests.conftest import REPO, free_port, mock_health, read_jsonl, server_processes
 
 MODEL = "chaos-model"
@@ -261,7 +261,7 @@ def _random_id(rng: random.Random, unicode: bool) -> str | int:
 
 
 def dataset_ids(records: list[dict[str, Any]]) -> list[str]:
-    """The run's id of each record: its `id`, else its position (as hallurun.dataset gives it)."""
+    """The run's id of each record: its `id`, else its position (as hallurun.store.dataset gives it)."""
     return [str(r.get("id", i)) for i, r in enumerate(records)]
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hallurun.checkpoint import Checkpoint, read_records, repair
-from hallurun.dataset import DatasetError, iter_items, scan
+from hallurun.store.checkpoint import Checkpoint, read_records, repair
+from hallurun.store.dataset import DatasetError, iter_items, scan
 
 
 def test_repair_keeps_complete_lines_and_cuts_a_torn_tail(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hallurun.client import Client
 from hallurun.config import Sampling
-from hallurun.watchdog import Activity, Flight
+from hallurun.wire.client import Client
+from hallurun.wire.watchdog import Activity, Flight
 from tests.conftest import MockServer, start_mock, stop_mock
 
 SAMPLING = Sampling(max_tokens=8)

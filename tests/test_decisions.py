@@ -11,9 +11,10 @@ import orjson
 import pytest
 from tenacity import RetryCallState
 
-from hallurun.client import Completion, StreamedAnswer
-from hallurun.poison import PoisonTracker
-from hallurun.policy import (
+from hallurun.core.poison import PoisonTracker
+from hallurun.core.scheduler import idle_workers_may_act
+from hallurun.wire.client import Completion, StreamedAnswer
+from hallurun.wire.policy import (
     RequestError,
     RetryPolicy,
     classify_status,
@@ -21,8 +22,7 @@ from hallurun.policy import (
     is_retryable,
     is_stale_connection,
 )
-from hallurun.scheduler import idle_workers_may_act
-from hallurun.watchdog import Activity, Flight, Verdict, inspect
+from hallurun.wire.watchdog import Activity, Flight, Verdict, inspect
 
 
 def test_no_flights_is_never_a_wedge() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import orjson
 
 from hallurun import config as cfg
-from hallurun.engine import launch
-from hallurun.server_metrics import QUIET_INTERVAL, ServerMetrics, parse, poll_due
-from hallurun.tasks import Task
+from hallurun.server.launch import launch
+from hallurun.tasks.registry import Task
+from hallurun.wire.metrics import QUIET_INTERVAL, ServerMetrics, parse, poll_due
 
 METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from hallurun.judges import RETRY_MARKER
+from hallurun.eval.judges import RETRY_MARKER
 from tests.conftest import REPO, Hallurun, read_jsonl, server_processes, wait_until, write_dataset
 
-SAMPLE = REPO / "tasks" / "precisewikiqa" / "questions.jsonl"
+SAMPLE = REPO / "hallurun" / "tasks" / "precisewikiqa" / "questions.jsonl"
 
 
 def sample() -> list[dict[str, Any]]:

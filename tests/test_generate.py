@@ -11,13 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hallurun import qgen
-from hallurun.dataset import scan
-from hallurun.generate import OUTPUT_FIELDS, read_documents, select
-from hallurun.passages import approx_tokens, paragraphs_by_section, passages
+from hallurun.store.dataset import scan
+from hallurun.tasks.precisewikiqa import qgen
+from hallurun.tasks.precisewikiqa.generate import OUTPUT_FIELDS, read_documents, select
+from hallurun.tasks.precisewikiqa.passages import approx_tokens, paragraphs_by_section, passages
 from tests.conftest import REPO, Hallurun, read_jsonl, server_processes, wait_until
 
-SAMPLE = REPO / "tasks" / "precisewikiqa" / "goodwiki_sample.jsonl"
+SAMPLE = REPO / "hallurun" / "tasks" / "precisewikiqa" / "goodwiki_sample.jsonl"
 UNPARSEABLE = {"Petra", "Skara Brae"}
 REJECTED = {"Mount Everest", "Axolotl", "Lucy Wills"}
 UNCLEAR = {"Sahara"}

@@ -364,7 +364,7 @@ def _start_external(hallurun: Hallurun, port: int, faults: str, supervised: bool
 
 def test_external_server_is_asked_to_restart_and_its_supervisor_brings_it_back(hallurun: Hallurun,
                                                                               tmp_path: Path) -> None:
-    from hallurun.supervisor import free_port
+    from hallurun.server.supervisor import free_port
 
     ids = write_dataset(tmp_path / "data.jsonl", 120)
     port = free_port("127.0.0.1")
@@ -383,7 +383,7 @@ def test_external_server_is_asked_to_restart_and_its_supervisor_brings_it_back(h
 
 
 def test_external_server_nobody_brings_back_ends_with_a_clear_message(hallurun: Hallurun, tmp_path: Path) -> None:
-    from hallurun.supervisor import free_port
+    from hallurun.server.supervisor import free_port
 
     write_dataset(tmp_path / "data.jsonl", 60)
     port = free_port("127.0.0.1")

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from rich.console import Console
 
-from hallurun import chart, heuristic, judges, report
-from hallurun.evaluate import Verdict, bin_results, judge_precisewikiqa, to_metrics
-from hallurun.metrics import (
+from hallurun.eval import heuristic, judges, report
+from hallurun.eval.evaluate import Verdict, bin_results, judge_precisewikiqa, to_metrics
+from hallurun.eval.metrics import (
     EntityJudgment,
     LongJudgment,
     QAJudgment,
@@ -24,6 +24,7 @@ from hallurun.metrics import (
     precisewikiqa,
     prompt_scores,
 )
+from hallurun.tasks.precisewikiqa import chart
 
 # --- PreciseWikiQA metrics ----------------------------------------------------------------------------------
 

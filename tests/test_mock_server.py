@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from hallurun.cli import main
-from hallurun.mock_server import Fault, parse_fault
+from hallurun.server.mock import Fault, parse_fault
 from tests.conftest import MockServer, free_port, mock_command, mock_health, start_mock, stop_mock
 
 CHAT = "/v1/chat/completions"

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from hallurun import runner
-from hallurun.checkpoint import Checkpoint
 from hallurun.cli import main
-from hallurun.dataset import DatasetChanged, iter_items, scan
+from hallurun.core import runner
+from hallurun.store.checkpoint import Checkpoint
+from hallurun.store.dataset import DatasetChanged, iter_items, scan
 from tests.conftest import Hallurun, events, read_jsonl, server_processes, wait_until, write_dataset
 
 

@@ -54,7 +54,7 @@ def guardians(parent: int) -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent and b"hallurun.guardian" in cmdline:
+        if ppid == parent and b"hallurun.server.guardian" in cmdline:
             found.add(int(entry.name))
     return found
 

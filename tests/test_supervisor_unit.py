@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 
-from hallurun.guardian import SERVER_ID_ENV, Server, read_protocol, signal_trees, tree_pids
-from hallurun.supervisor import Comeback, host_addresses, listening_inodes, max_model_len, port_in_use
+from hallurun.server.guardian import SERVER_ID_ENV, Server, read_protocol, signal_trees, tree_pids
+from hallurun.server.supervisor import Comeback, host_addresses, listening_inodes, max_model_len, port_in_use
 
 LOOPBACK = {ipaddress.ip_address("127.0.0.1")}
 
@@ -112,7 +112,7 @@ def test_a_launch_announced_but_never_watched_is_still_reaped_by_the_guardian() 
     token = f"announced-{os.getpid()}"
     server = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], start_new_session=True,
                               env={**os.environ, SERVER_ID_ENV: token})
-    guardian = subprocess.Popen([sys.executable, "-m", "hallurun.guardian"], stdin=subprocess.PIPE,
+    guardian = subprocess.Popen([sys.executable, "-m", "hallurun.server.guardian"], stdin=subprocess.PIPE,
                                 start_new_session=True)
     try:
         assert guardian.stdin is not None

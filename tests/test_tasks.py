@@ -9,12 +9,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hallurun import mixedentities, tasks
-from hallurun.dataset import scan
-from hallurun.passages import approx_tokens, passages
+from hallurun.store.dataset import scan
+from hallurun.tasks import registry as tasks
+from hallurun.tasks.mixedentities import names as mixedentities
+from hallurun.tasks.precisewikiqa.passages import approx_tokens, passages
 from tests.conftest import REPO, Hallurun, read_jsonl
 
-TASKS = REPO / "tasks"
+TASKS = REPO / "hallurun" / "tasks"
 CUSTOM = REPO / "examples" / "custom_task"
 
 

