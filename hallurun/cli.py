@@ -14,6 +14,7 @@ import click
 import orjson
 
 from hallurun import __version__
+from hallurun.errors import EXIT_BUG
 
 F = Callable[..., Any]
 
@@ -63,7 +64,6 @@ def _split_operational(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return opts, server
 
 
-EXIT_BUG = 70  # an unexpected exception: a bug in hallurun, never one of the documented outcomes (BSD's EX_SOFTWARE)
 
 
 class _Hallurun(click.Group):

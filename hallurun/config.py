@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from hallurun.errors import UsageError
+
 Api = Literal["chat", "completions"]
 ServerKind = Literal["vllm", "mock", "external"]
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """A configuration value is invalid; reported as bad usage (exit code 2)."""
 
 

@@ -28,6 +28,15 @@ from hallurun.config import ConfigError, RunConfig, ServerSpec
 from hallurun.core.counters import RunStats
 from hallurun.core.progress import progress_line, show, summary_table
 from hallurun.core.scheduler import RestartBudgetExhausted, Scheduler
+from hallurun.errors import (
+    EXIT_FAILED_ITEMS,
+    EXIT_INTERRUPTED,
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_SERVER,
+    EXIT_USAGE,
+    UsageError,
+)
 from hallurun.server import launch as engine
 from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor, free_port
 from hallurun.store import manifest
@@ -40,17 +49,11 @@ from hallurun.wire.client import Client
 from hallurun.wire.metrics import poll
 from hallurun.wire.watchdog import Activity
 
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_IO = 74  # the run directory cannot be written (BSD's EX_IOERR)
 # A second Ctrl-C waits at most this long for a batch being written: a batch whose thread has not started yet
 # cannot finish while this very handler holds the event loop, and that lines simply run again after a resume.
 SECOND_SIGNAL_FLUSH_S = 2.0
 GENERATION = "generation.jsonl"
 API_KEY_ENV = "HALLURUN_API_KEY"
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: a one-line message, exit code 2."""
 
 
 def default_run_dir(task: str, model: str, root: Path = Path("runs")) -> Path:

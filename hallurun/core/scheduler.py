@@ -25,6 +25,7 @@ from tenacity import RetryCallState
 from hallurun.config import RunConfig
 from hallurun.core.counters import RunStats
 from hallurun.core.poison import PoisonTracker
+from hallurun.errors import ServerError
 from hallurun.server.supervisor import ServerStartError, Supervisor
 from hallurun.store.checkpoint import Checkpoint
 from hallurun.store.dataset import Item
@@ -57,7 +58,7 @@ def _load_poison(path: Path) -> PoisonTracker:
         return PoisonTracker()
 
 
-class RestartBudgetExhausted(Exception):
+class RestartBudgetExhausted(ServerError):
     """The server needed more restarts than `--max-restarts` allows."""
 
 

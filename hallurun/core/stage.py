@@ -23,6 +23,7 @@ from rich.console import Console
 
 from hallurun import config as run_config
 from hallurun.core import runner
+from hallurun.errors import UsageError
 from hallurun.store import manifest
 from hallurun.store.checkpoint import FAILURES, read_records
 from hallurun.store.dataset import DatasetError, scan
@@ -30,7 +31,7 @@ from hallurun.store.durable import write_atomic
 from hallurun.tasks.registry import Task
 
 
-class StageError(Exception):
+class StageError(UsageError):
     """A stage's work folder holds something else than this job would write there (exit code 2)."""
 
 

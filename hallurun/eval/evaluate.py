@@ -27,6 +27,7 @@ from rich.console import Console
 from hallurun import __version__
 from hallurun.core import runner
 from hallurun.core import stage as run_stage
+from hallurun.errors import RunStopped, UsageError
 from hallurun.eval import heuristic, judges
 from hallurun.eval.metrics import (
     BIN_COUNTS,
@@ -62,16 +63,16 @@ NO_WIKIPEDIA = ("no Wikipedia database is available offline: claims are verified
                 "section{passages}, not against retrieved Wikipedia passages as in HalluLens")
 
 
-class EvalError(Exception):
+class EvalError(UsageError):
     """Bad or mismatched input: a one-line message, exit code 2."""
 
 
-class EvalStopped(Exception):
+class EvalStopped(RunStopped):
     """A judge stage stopped before finishing (server failure: 3, interrupted: 130)."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    @property
+    def code(self) -> int:
+        return self.exit_code
 
 
 @dataclass(frozen=True)

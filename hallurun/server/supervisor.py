@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from hallurun.config import RunConfig, Sampling
+from hallurun.errors import ServerError
 from hallurun.server import launch as engine
 from hallurun.server.guardian import SERVER_ID_ENV, Guardian, Server, signal_trees, tree_pids
 from hallurun.store.durable import RunDirWriteError
@@ -56,7 +57,7 @@ _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp{,6}
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class ServerStartError(Exception):
+class ServerStartError(ServerError):
     """The server did not come up (or back) in time, or exited while starting."""
 
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hallurun.errors import EXIT_IO, HallurunError
 
-class RunDirWriteError(Exception):
+
+class RunDirWriteError(HallurunError):
     """A file of the run directory could not be written (disk full, quota, file size limit, I/O error)."""
+
+    exit_code = EXIT_IO
 
     def __init__(self, path: Path, error: OSError) -> None:
         super().__init__(f"cannot write {path}: {error.strerror or error}")

@@ -8,8 +8,10 @@ from typing import Any
 
 import orjson
 
+from hallurun.errors import UsageError
 
-class JsonlError(ValueError):
+
+class JsonlError(UsageError, ValueError):
     """A line that is not a JSON object. The message reads `FILE:LINE: what is wrong`."""
 
     def __init__(self, path: Path | str, line: int | None, message: str) -> None:

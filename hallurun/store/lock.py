@@ -11,11 +11,13 @@ from pathlib import Path
 
 import orjson
 
+from hallurun.errors import UsageError
+
 LOCK = "lock"
 BRIEF_HOLD_S = 2.0  # far longer than `hallurun status` holds it
 
 
-class LockError(Exception):
+class LockError(UsageError):
     """The run directory is held by another live hallurun."""
 
 

@@ -11,13 +11,14 @@ import orjson
 
 from hallurun import __version__
 from hallurun.config import RunConfig
+from hallurun.errors import UsageError
 from hallurun.store.dataset import DatasetInfo
 from hallurun.store.durable import write_atomic
 
 MANIFEST = "manifest.json"
 
 
-class ManifestError(Exception):
+class ManifestError(UsageError):
     """The manifest is missing or unreadable, or the run cannot be continued as asked."""
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import orjson
 
+from hallurun.errors import UsageError
+
 _PACKAGE = Path(__file__).resolve().parent
 
 
-class TaskError(Exception):
+class TaskError(UsageError):
     """An unknown task name, or a task folder that does not hold what it should."""
 
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hallurun.core import runner, stage
+from hallurun.errors import UsageError
 from hallurun.store.durable import write_atomic
 from hallurun.store.jsonl import JsonlError, read_objects
 from hallurun.tasks.precisewikiqa import qgen
@@ -40,7 +41,7 @@ OUTPUT_FIELDS = ("id", "title", "h_score_cat", "pageid", "revid", "description",
                  "prompt", "answer")
 
 
-class GenerateError(Exception):
+class GenerateError(UsageError):
     """Unusable documents or arguments: a one-line message naming file, line and field (exit code 2)."""
 
 
