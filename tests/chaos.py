@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from hallurun.server.mock import Job
+from hallurun.server.mock import GenerationRequest
 from tests.conftest import REPO, free_port, mock_health, read_jsonl, server_processes
 
 MODEL = "chaos-model"
@@ -740,11 +740,11 @@ def secret_kept(run: Finished) -> list[str]:
 
 def expected_answer(prompt: str, sampling: dict[str, Any]) -> str:
     """What the mock answers `prompt` with under the run's sampling: its output is a pure function of the request
-    (the key `MockServer.parse` builds), recomputed here with the mock's own `Job.generate`."""
+    (the key `MockServer.parse` builds), recomputed here with the mock's own `GenerationRequest.generate`."""
     source: Any = [{"role": "user", "content": prompt}] if sampling["api"] == "chat" else prompt
     key = orjson.dumps([MODEL, source, sampling["max_tokens"], sampling["temperature"], sampling["top_p"],
                         sampling.get("seed")], option=orjson.OPT_SORT_KEYS)
-    job = Job(chat=sampling["api"] == "chat", model=MODEL, text=prompt, prompt_tokens=0,
+    job = GenerationRequest(chat=sampling["api"] == "chat", model=MODEL, text=prompt, prompt_tokens=0,
               max_tokens=sampling["max_tokens"], stream=True, include_usage=True, key=key)
     return "".join(job.generate()[0])
 

@@ -22,7 +22,7 @@ from hallurun.wire.policy import (
     is_retryable,
     is_stale_connection,
 )
-from hallurun.wire.watchdog import Activity, Flight, Verdict, inspect
+from hallurun.wire.watchdog import Activity, Flight, Silence, inspect
 
 
 def test_no_flights_is_never_a_wedge() -> None:
@@ -71,7 +71,7 @@ def test_a_flight_sleeping_before_a_retry_is_not_silent() -> None:
     # Everything in flight sleeps in a backoff or a Retry-After: nothing is waiting on the server.
     sleeping = [Flight(f"i{n}") for n in range(4)]
     assert not sleeping[0].on_wire
-    assert inspect(100.0, sleeping, Activity(last=0.0), 30) == Verdict()
+    assert inspect(100.0, sleeping, Activity(last=0.0), 30) == Silence()
     # One of them on the wire among the sleepers is judged alone.
     sleeping[0].new_attempt(10.0)
     assert inspect(100.0, sleeping, Activity(last=10.0), 30).wedged
@@ -105,7 +105,7 @@ def test_an_ended_attempt_leaves_no_clock_to_be_judged_by() -> None:
     busy = Flight("busy")
     busy.new_attempt(0.0)
     busy.data(40.0)
-    assert inspect(40.0, [failed, busy], Activity(last=40.0), 30) == Verdict(quiet_for=0.0)
+    assert inspect(40.0, [failed, busy], Activity(last=40.0), 30) == Silence(quiet_for=0.0)
     assert failed.last_data is None and failed.deadline is None
 
 
@@ -365,7 +365,7 @@ def test_silence_before_the_wire_emptied_is_carried_to_the_next_request() -> Non
     assert not inspect(12.0, [attempt], activity, 3).wedged
     attempt.end_attempt()
     activity.ended(12.0)  # cut by the request timeout: two seconds of silence on the wire
-    assert inspect(20.0, [attempt], activity, 3) == Verdict()  # sleeping before the retry: not silent
+    assert inspect(20.0, [attempt], activity, 3) == Silence()  # sleeping before the retry: not silent
     activity.sent(20.0)
     attempt.new_attempt(20.0)
     verdict = inspect(21.0, [attempt], activity, 3)

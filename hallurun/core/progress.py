@@ -45,7 +45,7 @@ def _render(stats: RunStats) -> Group:
     return Group(top, counters, Text(f"engine: {engine}", style="dim")) if engine else Group(top, counters)
 
 
-async def show(stats: RunStats, console: Console) -> None:
+async def live(stats: RunStats, console: Console) -> None:
     """Render progress until cancelled."""
     if console.is_terminal:
         from rich.live import Live

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from hallurun.config import ConfigError, RunConfig, ServerSpec
 from hallurun.core.counters import RunStats
-from hallurun.core.progress import progress_line, show, summary_table
+from hallurun.core.progress import live, progress_line, summary_table
 from hallurun.core.scheduler import RestartBudgetExhausted, Scheduler
 from hallurun.errors import (
     EXIT_FAILED_ITEMS,
@@ -405,7 +405,7 @@ async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, e
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
     items = _Items(config, info)
-    display = asyncio.create_task(show(stats, console), name="progress")
+    display = asyncio.create_task(live(stats, console), name="progress")
     try:
         for name in latch.take():
             on_signal(name)

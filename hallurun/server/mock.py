@@ -118,7 +118,7 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
-class Job:
+class GenerationRequest:
     """A validated generation request."""
 
     chat: bool
@@ -327,7 +327,7 @@ class MockServer:
         if self.wedged.is_set():
             await asyncio.get_running_loop().create_future()
 
-    def parse(self, raw: bytes, chat: bool) -> Job:
+    def parse(self, raw: bytes, chat: bool) -> GenerationRequest:
         """Check a completion request the way vLLM does, raising ApiError with vLLM's status and type."""
         try:
             body = orjson.loads(raw)
@@ -371,12 +371,12 @@ class MockServer:
         key = orjson.dumps([model, source, max_tokens, body.get("temperature"), body.get("top_p"), body.get("seed")],
                            option=orjson.OPT_SORT_KEYS)
         scripted = next((answer for match, answer in self.config.script if match in text), None)
-        return Job(chat=chat, model=model, text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+        return GenerationRequest(chat=chat, model=model, text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                    stream=bool(body.get("stream")),
                    include_usage=isinstance(options, dict) and bool(options.get("include_usage")), key=key,
                    scripted=scripted)
 
-    def complete(self, job: Job) -> web.Response:
+    def complete(self, job: GenerationRequest) -> web.Response:
         """The whole answer as one JSON object."""
         tokens, finish = job.generate()
         self.generation_tokens_total += len(tokens)
@@ -387,7 +387,7 @@ class MockServer:
                 "created": int(time.time()), "model": job.model, "choices": [choice], "usage": _usage(job, tokens)}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
-    async def stream(self, request: web.Request, job: Job, broken: bool) -> web.StreamResponse:
+    async def stream(self, request: web.Request, job: GenerationRequest, broken: bool) -> web.StreamResponse:
         """Server-sent events, paced at token_rate or all in one write; never a byte more once wedged. As from
         vLLM (uvicorn), the body's closing empty chunk is a write of its own, after `[DONE]`."""
         opening, events, closing = _events(job, broken, done="no-done" not in self.faults)
@@ -418,7 +418,7 @@ class MockServer:
         return response
 
 
-    async def stream_then_stall(self, request: web.Request, job: Job) -> web.StreamResponse:
+    async def stream_then_stall(self, request: web.Request, job: GenerationRequest) -> web.StreamResponse:
         """Start a stream, send one token, then go quiet for good while the server serves everyone else."""
         opening, events, _ = _events(job, broken=False)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -429,16 +429,16 @@ class MockServer:
         return response
 
 
-def _request_id(job: Job) -> str:
+def _request_id(job: GenerationRequest) -> str:
     return f"{'chatcmpl' if job.chat else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def _usage(job: Job, tokens: list[str]) -> dict[str, int]:
+def _usage(job: GenerationRequest, tokens: list[str]) -> dict[str, int]:
     return {"prompt_tokens": job.prompt_tokens, "completion_tokens": len(tokens),
             "total_tokens": job.prompt_tokens + len(tokens)}
 
 
-def _events(job: Job, broken: bool, done: bool = True) -> tuple[bytes, list[bytes], bytes]:
+def _events(job: GenerationRequest, broken: bool, done: bool = True) -> tuple[bytes, list[bytes], bytes]:
     """A stream as (opening, one event per token, closing), so that pacing can sleep between tokens. Without
     `done` (the no-done fault) the body ends after the last event, as some OpenAI-compatible servers do."""
     tokens, finish = job.generate()

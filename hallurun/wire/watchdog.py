@@ -105,8 +105,8 @@ class Flight:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """What the watchdog found: a wedged server, and/or individual streams to cut."""
+class Silence:
+    """What the watchdog found in the silence: a wedged server, and/or individual streams to cut."""
 
     wedged: bool = False
     stalled: tuple[Flight, ...] = ()
@@ -114,19 +114,19 @@ class Verdict:
 
 
 def inspect(now: float, flights: list[Flight], activity: Activity, stall_timeout: float,
-            queue_seen: float | None = None) -> Verdict:
+            queue_seen: float | None = None) -> Silence:
     """Decide whether the server is wedged or single streams have stalled. `queue_seen` is when the server's
     latest metrics sample was taken if that sample showed requests waiting in its queue, else None: a stream
     quiet since before that sample may be one of them."""
     wire = [f for f in flights if f.on_wire]
     if not wire:
-        return Verdict()
+        return Silence()
     quiet_for = now - activity.last
     if quiet_for >= stall_timeout:
-        return Verdict(wedged=True, quiet_for=quiet_for)
+        return Silence(wedged=True, quiet_for=quiet_for)
     stalled = tuple(
         f for f in wire
         if not f.stalled and f.last_data is not None and now - f.last_data >= stall_timeout
         and (queue_seen is None or queue_seen < f.last_data)
     )
-    return Verdict(stalled=stalled, quiet_for=quiet_for)
+    return Silence(stalled=stalled, quiet_for=quiet_for)
