@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The floors job: hallurun with every direct dependency at exactly its declared floor, without vLLM.
+FLOORS_VENV := .venv-floors
+FLOORS      := constraints/floors.txt
 # The CUDA vLLM where an NVIDIA GPU answers, otherwise its CPU build.
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo cpu)
 
-.PHONY: install demo demo-mock test test-fast lint eval bench bench-quick chaos clean
+.PHONY: install demo demo-mock test test-fast test-floors lint eval bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +34,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not vllm"
 
+# ruff, and the import layering of pyproject.toml's [tool.importlinter] (lint-imports, from import-linter).
 lint: $(STAMP)
-	$(BIN)/ruff check hallurun tests bench
+	$(BIN)/ruff check hallurun tests bench constraints
+	$(BIN)/lint-imports
+
+# The suite without vLLM (nor torch/transformers, which come with it: the `torch` marker) and without the chaos
+# schedules, on the floors of constraints/floors.txt in a venv of its own, made anew each time. Fails if pip
+# cannot resolve the floors or installs anything else for a direct dependency.
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install -q -e '.[dev]' -c $(FLOORS)
+	$(FLOORS_VENV)/bin/python constraints/check_floors.py
+	$(FLOORS_VENV)/bin/python -m pytest -m "not vllm and not torch" --ignore=tests/test_chaos.py
 
 # Evaluate a run (RUN=runs/x; default: the latest under runs/) with the heuristic judge, or JUDGE=<model>.
 eval: $(STAMP)
@@ -49,4 +64,4 @@ chaos: $(STAMP)
 	$(BIN)/python tests/chaos_run.py --seeds $(or $(SEEDS),200) --start $(or $(START),0) --jobs 2
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS_VENV) runs .pytest_cache .ruff_cache .import_linter_cache

@@ -46,6 +46,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model.build(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+@pytest.mark.torch
 def test_build_writes_a_loadable_model(built: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -91,6 +92,7 @@ def test_build_writes_a_loadable_model(built: Path) -> None:
     assert torch.isfinite(logits.float()).all()
 
 
+@pytest.mark.torch
 def test_build_is_idempotent_and_deterministic(built: Path, tmp_path: Path) -> None:
     before = _digest(built)
     mtime = (built / "model.safetensors").stat().st_mtime_ns
@@ -110,6 +112,7 @@ def test_build_refuses_a_foreign_folder(tmp_path: Path) -> None:
     assert (target / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.torch
 def test_resolve_tiny_builds_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HALLURUN_CACHE", str(tmp_path / "cache"))
     first = tiny_model.resolve("tiny")
