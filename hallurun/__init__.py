@@ -1,3 +1,72 @@
-"""hallurun: run LLM prompt batches against a supervised server, exactly once."""
+"""hallurun: run LLM prompt batches against a supervised server, exactly once.
+
+The Python API (`hallurun.api`): `run`, `run_async`, `resume`, `resume_async`, returning a `RunResult`; the typed
+configuration values they take; the error family. They load on first use (PEP 562): `import hallurun` stays cheap
+for the command line and the mock server's process, which start often, and `__version__` never imports aiohttp.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "HallurunError",
+    "RunConfig",
+    "RunHandle",
+    "RunOptions",
+    "RunResult",
+    "RunStopped",
+    "Sampling",
+    "SamplingOverrides",
+    "ServerError",
+    "ServerOptions",
+    "ServerSpec",
+    "UsageError",
+    "__version__",
+    "resume",
+    "resume_async",
+    "run",
+    "run_async",
+]
+
+# Where each public name lives; read by __getattr__ on first use.
+_HOMES = {
+    "run": "hallurun.api", "run_async": "hallurun.api", "resume": "hallurun.api", "resume_async": "hallurun.api",
+    "RunResult": "hallurun.core.result", "RunHandle": "hallurun.core.handle",
+    "RunConfig": "hallurun.config", "RunOptions": "hallurun.config", "Sampling": "hallurun.config",
+    "SamplingOverrides": "hallurun.config", "ServerOptions": "hallurun.config", "ServerSpec": "hallurun.config",
+    "ConfigError": "hallurun.config",
+    "HallurunError": "hallurun.errors", "UsageError": "hallurun.errors", "ServerError": "hallurun.errors",
+    "RunStopped": "hallurun.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'hallurun' has no attribute {name!r}")
+    return getattr(import_module(home), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from hallurun.api import resume, resume_async, run, run_async
+    from hallurun.config import (
+        ConfigError,
+        RunConfig,
+        RunOptions,
+        Sampling,
+        SamplingOverrides,
+        ServerOptions,
+        ServerSpec,
+    )
+    from hallurun.core.handle import RunHandle
+    from hallurun.core.result import RunResult
+    from hallurun.errors import HallurunError, RunStopped, ServerError, UsageError

@@ -8,13 +8,17 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from hallurun import __version__
-from hallurun.errors import EXIT_BUG
+from hallurun.config import Api, RunOptions, ServerKind, ServerOptions
+from hallurun.errors import EXIT_BUG, EXIT_INTERRUPTED
+
+if TYPE_CHECKING:
+    from hallurun.core.result import RunResult
 
 F = Callable[..., Any]
 
@@ -57,11 +61,21 @@ def _operational_options(fn: F) -> F:
     return fn
 
 
-def _split_operational(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate server-level options (port, python, startup) from the run-level ones."""
-    server = {"port": opts.pop("port"), "python": opts.pop("server_python"),
-              "startup_timeout": opts.pop("startup_timeout")}
-    return opts, server
+def _split_operational(opts: dict[str, Any]) -> tuple[RunOptions, ServerOptions]:
+    """The `_operational_options` as typed values: the run-level ones, and the server's launch settings (port,
+    python, startup); None: not given."""
+    server = ServerOptions(port=opts.pop("port"), python=opts.pop("server_python"),
+                           startup_timeout=opts.pop("startup_timeout"))
+    return RunOptions(**opts), server
+
+
+def _exit_with(result: RunResult | None) -> None:
+    """End a command that drove a run (`hallurun.process.run`) with the run's exit code; a run interrupted
+    before it began has no result, and says so."""
+    if result is None:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(result.exit_code)
 
 
 
@@ -122,30 +136,32 @@ def main() -> None:
         help="Run directory. [default: runs/<task>-<model>-<timestamp>]")
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def inference(task: str, dataset: Path | None, limit: int | None, model: str, api: str | None,
+def inference(task: str, dataset: Path | None, limit: int | None, model: str, api: Api | None,
               max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
-              server_kind: str, server_url: str | None, host: str, run_dir: Path | None, server_args: tuple[str, ...],
-              **ops: Any) -> None:
+              server_kind: ServerKind, server_url: str | None, host: str, run_dir: Path | None,
+              server_args: tuple[str, ...], **ops: Any) -> None:
     """Run a task's prompts against a supervised server. Arguments after `--` go to the server command."""
-    from hallurun import config
+    from rich.console import Console
+
+    from hallurun import config, process
+    from hallurun.api import configure
     from hallurun.core import runner
     from hallurun.tasks import registry as tasks
 
-    operational, server = _split_operational(ops)
+    options, server = _split_operational(ops)
+    console = Console(soft_wrap=True)
     try:
-        spec = tasks.resolve(task)
-        cfg = config.build(
-            spec, model=model, dataset=dataset, limit=limit,
-            run_dir=run_dir or runner.default_run_dir(spec.name, model),
-            sampling={"api": api, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                      "seed": seed},
-            server={"kind": server_kind, "url": server_url, "host": host, "args": tuple(server_args), **server},
-            operational=operational,
+        cfg = configure(
+            task, model=model, dataset=dataset, limit=limit, run_dir=run_dir, options=options,
+            sampling=config.SamplingOverrides(api=api, max_tokens=max_tokens, temperature=temperature,
+                                              top_p=top_p, seed=seed),
+            server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host,
+                                                 args=tuple(server_args))),
         )
-        code = runner.start(cfg)
+        result = process.run(lambda handle: runner.start_async(cfg, console=console, handle=handle), console)
     except (config.ConfigError, tasks.TaskError, runner.UsageError) as exc:
         _fail(str(exc))
-    sys.exit(code)
+    _exit_with(result)
 
 
 @main.command()
@@ -159,24 +175,24 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
     its manifest; operational options and server arguments after `--` may be changed."""
     import dataclasses
 
-    from hallurun import config
+    from rich.console import Console
+
+    from hallurun import config, process
     from hallurun.core import runner
     from hallurun.store import manifest
 
-    operational, server = _split_operational(ops)
-    overrides = {k: v for k, v in operational.items() if v is not None}
+    options, server = _split_operational(ops)
+    if server_args:
+        server = dataclasses.replace(server, args=tuple(server_args))
+    console = Console(soft_wrap=True)
     try:
-        run_dir = run_dir or runner.latest_run()
-        saved = runner.saved_server(run_dir)
-        server_changes = {k: v for k, v in server.items() if v is not None}
-        if server_args:
-            server_changes["args"] = tuple(server_args)
-        if server_changes:
-            overrides["server"] = dataclasses.replace(saved, **server_changes)
-        code = runner.resume(run_dir, overrides, retry_failed=retry_failed, force=force)
+        chosen = run_dir or runner.latest_run()
+        result = process.run(lambda handle: runner.resume_async(
+            chosen, options=options, server=server, retry_failed=retry_failed, force=force, console=console,
+            handle=handle), console)
     except (config.ConfigError, manifest.ManifestError, runner.UsageError) as exc:
         _fail(str(exc))
-    sys.exit(code)
+    _exit_with(result)
 
 
 @main.command()
@@ -195,15 +211,8 @@ def status(run_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(summary).decode())
         return
-    state = ("finished" if summary["finished"] else
-             f"running (pid {summary['running_pid']})" if summary["running_pid"] else "stopped")
-    click.echo(f"{summary['run_dir']}: {summary['task']} on {summary['model']} — {state}")
-    click.echo(f"  {summary['done']}/{summary['total']} done, {summary['failed']} failed, "
-               f"{summary['pending']} pending")
-    click.echo(f"  restarts {summary['restarts']} (wedges {summary['wedges']}, crashes {summary['crashes']}), "
-               f"quarantined {summary['quarantined']}")
-    for reason, count in sorted(summary["failures_by_reason"].items()):
-        click.echo(f"  failed: {reason}: {count}")
+    for line in run_status.describe(summary):
+        click.echo(line)
 
 
 @main.command("tasks")
@@ -225,11 +234,11 @@ def doctor(model: str, server_python: str | None, server_args: tuple[str, ...]) 
 
     from hallurun import config
     from hallurun.server import doctor
-    from hallurun.tasks import registry as tasks
 
-    spec = tasks.Task(name="doctor", description="", dataset=Path("-"))
-    cfg = config.build(spec, model=model, run_dir=Path("runs"),
-                       server={"kind": "vllm", "python": server_python, "args": tuple(server_args)})
+    try:
+        cfg = doctor.config_for(model, config.ServerSpec(kind="vllm", python=server_python, args=tuple(server_args)))
+    except config.ConfigError as exc:
+        _fail(str(exc))
     sys.exit(doctor.report(cfg, Console()))
 
 
@@ -300,10 +309,12 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         help="Launch vLLM for the judge, launch the mock server (tests), or use --judge-url.")
 @option("--compare-judge", help="A second judge (a model, or `heuristic`) run on the same answers; prints how often "
                                 "the two agree on each decision, and Cohen's kappa.")
-@option("--evaluator", type=click.Choice(["precisewikiqa", "mixedentities", "longwiki"]),
-        help="Score a run of a prompt file as this task. [default: the run's task's own]")
+@option("--evaluator", metavar="TASK",
+        help="Score a run of a prompt file as this built-in task (see `hallurun tasks`). [default: the run's "
+             "task's own]")
 @option("--passages", type=click.Path(dir_okay=False, path_type=Path),
-        help="longwiki: JSONL of {title, text} passages to verify claims against, besides each reference section.")
+        help="For a task whose evaluation verifies claims (see `hallurun tasks`): JSONL of {title, text} passages "
+             "to verify them against, besides each reference section.")
 @option("--host", default="127.0.0.1", help="Address a launched judge server binds.")
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
@@ -315,32 +326,27 @@ def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None,
     RUN_DIR/eval/<judge>/. Arguments after `--` go to the judge server's command."""
     from rich.console import Console
 
-    from hallurun import config
     from hallurun.core import runner
-    from hallurun.eval import evaluate, report
+    from hallurun.eval import evaluate, model_judge
+    from hallurun.tasks import registry as tasks
 
     operational, server = _split_operational(ops)
     if judge_server == "external" and not judge_url:
         _fail("--judge-server external needs --judge-url")
+    if evaluator is not None and evaluator not in tasks.evaluators():
+        _fail(f"--evaluator {evaluator}: unknown; use one of {', '.join(tasks.evaluators())}")
     spec = {"kind": judge_server, "host": host, "args": tuple(server_args), **server}
-    console = Console(soft_wrap=True)
+    options = {"passages": passages} if passages is not None else {}
     try:
-        first = evaluate.make_judge(judge, judge_url, spec, operational)
-        second = evaluate.make_judge(compare_judge, judge_url, spec, operational) if compare_judge else None
-        if second is not None and second.name == first.name:
-            _fail(f"--compare-judge {compare_judge} is the judge already given; name a different one")
-        run = evaluate.load_run(run_dir or runner.latest_run(), evaluator, passages=passages is not None)
-        texts = evaluate.load_passages(passages) if passages is not None else None
-        done = [evaluate.evaluate(run, first, console, passages_path=passages, passages=texts)]
-        report.show(done[0].results, console)
-        if second is not None:
-            done.append(evaluate.evaluate(run, second, console, passages_path=passages, passages=texts,
-                                          primary=False))
-            report.show(done[1].results, console)
-            agreement = evaluate.compare_judges(run, done[0], done[1])
-            console.print(report.agreement_table(agreement))
-            console.print(f"agreement: {agreement['file']}", highlight=False)
-    except (config.ConfigError, evaluate.EvalError, runner.UsageError) as exc:
+        judges = [model_judge.make_judge(judge, judge_url, spec, operational)]
+        if compare_judge:
+            judges.append(model_judge.make_judge(compare_judge, judge_url, spec, operational))
+            if judges[1].name == judges[0].name:
+                _fail(f"--compare-judge {compare_judge} is the judge already given; name a different one")
+        run_dir = run_dir or runner.latest_run()
+        scoring = tasks.scoring_of_run(run_dir, evaluator, options)
+        done = evaluate.evaluate_run(run_dir, scoring, judges, Console(soft_wrap=True), options=options)
+    except runner.UsageError as exc:
         _fail(str(exc))
     except evaluate.EvalStopped as exc:
         click.echo(str(exc) if exc.code == runner.EXIT_INTERRUPTED else f"error: {exc}", err=True)
@@ -349,7 +355,7 @@ def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None,
         click.echo("interrupted; run the same `hallurun eval` command again to continue", err=True)
         sys.exit(130)
     # Like inference: done, but some judge requests failed (their items are reported, not scored).
-    sys.exit(1 if any(e.results["counts"]["judge_failed"] for e in done) else 0)
+    sys.exit(1 if done.judge_failed else 0)
 
 
 @main.command("compare")
@@ -361,21 +367,24 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
     """Print the evaluation metrics of several runs side by side."""
     from rich.console import Console
 
-    from hallurun.eval import compare, evaluate
+    from hallurun.eval import compare
+    from hallurun.eval.errors import EvalError
+    from hallurun.tasks import registry as tasks
 
     try:
         runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in run_dirs]
-    except evaluate.EvalError as exc:
+    except EvalError as exc:
         _fail(str(exc))
     if as_json:
         click.echo(orjson.dumps([r for _, r in runs]).decode())
         return
-    Console(soft_wrap=True).print(compare.table(runs))
+    Console(soft_wrap=True).print(compare.table(runs, [tasks.headline_of_run(d, r) for d, r in runs]))
 
 
 @main.command(context_settings={"show_default": True})
-@click.option("--task", "task_name", type=click.Choice(["precisewikiqa"]), default="precisewikiqa",
-              help="Which question set to build.")
+@click.option("--task", "task_name", metavar="TASK",
+              help="Which task's question set to build (a task that can generate; see `hallurun tasks`). "
+                   "[default: the one task that can]")
 @click.option("--docs", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="GoodWiki-style JSONL: title, document (markdown), h_score_cat (0–9), optional pageid, revid, "
                    "description, categories. A sample: hallurun/tasks/precisewikiqa/goodwiki_sample.jsonl.")
@@ -383,7 +392,7 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
 @click.option("--n", "n", required=True, type=click.IntRange(min=1),
               help="Questions to draft, spread evenly over the popularity bins (fewer survive the check).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Question file to write. [default: precisewikiqa-<model>-n<N>-seed<S>.jsonl]")
+              help="Question file to write. [default: <task>-<model>-n<N>-seed<S>.jsonl]")
 @click.option("--seed", default=0, type=int, help="Seed for choosing documents and passages.")
 @option("--server", "server_kind", type=click.Choice(["vllm", "mock", "external"]), default="vllm",
         help="Launch vLLM, launch the mock server, or use a running server.")
@@ -392,24 +401,29 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
 @click.option("--retry-failed", is_flag=True, help="Ask again for requests that failed in an earlier try.")
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def generate(task_name: str, docs: Path, model: str, n: int, out: Path | None, seed: int, server_kind: str,
+def generate(task_name: str | None, docs: Path, model: str, n: int, out: Path | None, seed: int, server_kind: str,
              server_url: str | None, host: str, retry_failed: bool, server_args: tuple[str, ...],
              **ops: Any) -> None:
     """Build a PreciseWikiQA question file with a generator model: a question per passage, then an
     answerability check. Both stages run supervised and resumable; run the same command again to continue.
     Arguments after `--` go to the server command."""
-    from hallurun import config
     from hallurun.core import runner, stage
-    from hallurun.tasks.precisewikiqa import generate as gen
+    from hallurun.tasks import registry as tasks
 
+    can = tasks.generators()
+    if task_name is None and len(can) == 1:
+        task_name = next(iter(can))
+    if task_name not in can:
+        _fail(f"--task {task_name}: cannot generate; use one of {', '.join(can)}" if task_name else
+              f"--task: give the task to generate for, one of {', '.join(can)}")
     operational, server = _split_operational(ops)
     settings = stage.Settings(
         model=model, retry_failed=retry_failed, operational=operational,
         server={"kind": server_kind, "url": server_url, "host": host, "args": tuple(server_args), **server},
     )
     try:
-        code = gen.generate(docs, n, seed, out or gen.default_out(model, n, seed), settings)
-    except (gen.GenerateError, stage.StageError, config.ConfigError, runner.UsageError) as exc:
+        code = can[str(task_name)].run(docs, n, seed, out, settings)
+    except runner.UsageError as exc:
         _fail(str(exc))
     sys.exit(code)
 

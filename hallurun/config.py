@@ -1,9 +1,15 @@
-"""The run's configuration: one frozen value, built once from options, the environment and the task."""
+"""The run's configuration: one frozen value, built once from typed options, the environment and the task.
+
+What a caller gives is typed too: `SamplingOverrides` over a task's default `Sampling`, a `ServerSpec` (or just
+its kind) for a new run, `ServerOptions` and `RunOptions` for what may change on resume; in each, None means
+"not given". A misspelt option is a TypeError where the value is built.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +47,78 @@ class ServerSpec:
     python: str | None = None  # interpreter that has vLLM; None: the current one
     args: tuple[str, ...] = ()  # appended to the server command
     startup_timeout: float = 900.0
+
+
+def _given(value: Any) -> dict[str, Any]:
+    """The fields of an options value that were given (not None)."""
+    return {f.name: v for f in dataclasses.fields(value) if (v := getattr(value, f.name)) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingOverrides:
+    """Sampling the user gave over a task's defaults; None: not given (the task's default stays)."""
+
+    api: Api | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def over(self, defaults: Sampling) -> Sampling:
+        """`defaults` with what was given here."""
+        return dataclasses.replace(defaults, **_given(self))
+
+
+def sampling_defaults(defaults: Mapping[str, Any]) -> Sampling:
+    """A task's default sampling from its task.json `defaults`; keys that are not sampling fields are left out."""
+    known = {f.name for f in dataclasses.fields(Sampling)}
+    return Sampling(**{k: v for k, v in defaults.items() if k in known})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """The server settings that may change between a run and its resumption; None: not given (unchanged)."""
+
+    port: int | None = None
+    python: str | None = None
+    startup_timeout: float | None = None
+    args: tuple[str, ...] | None = None
+
+    def over(self, spec: ServerSpec) -> ServerSpec:
+        """`spec` with what was given here."""
+        return dataclasses.replace(spec, **_given(self))
+
+    # Transitional, until `hallurun eval` and `hallurun generate` build a ServerSpec with `over` (integration):
+    # their commands merge these options into a dict (`{"kind": ..., **server}`), which takes a mapping.
+    def keys(self) -> list[str]:
+        """The names of the options given."""
+        return list(_given(self))
+
+    def __getitem__(self, name: str) -> Any:
+        return _given(self)[name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The operational options of a run: how hard it works and how long it waits, not what it asks, so they may
+    change between a run and its resumption. None: not given (the default, or what the run had)."""
+
+    concurrency: int | None = None
+    stall_timeout: float | None = None
+    metrics_interval: float | None = None  # 0: never read the server's /metrics
+    request_timeout: float | None = None
+    max_attempts: int | None = None
+    max_restarts: int | None = None
+    restart_wait: float | None = None
+    enable_restart: bool | None = None  # HalluLens' ENABLE_SERVER_RESTART
+
+    def over(self, base: RunOptions) -> RunOptions:
+        """`base` with what was given here."""
+        return dataclasses.replace(base, **self.given())
+
+    def given(self) -> dict[str, Any]:
+        """The options given, by RunConfig field name."""
+        return _given(self)
 
 
 @dataclass(frozen=True)
@@ -114,52 +192,67 @@ def _has_credentials(url: str) -> bool:
     return "@" in urlsplit(url).netloc
 
 
-def env_restart_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, Any]:
+def env_restart_settings(environ: Mapping[str, str] | None = None) -> RunOptions:
     """Read HalluLens' restart-protocol variables, keeping their meaning.
 
     ENABLE_SERVER_RESTART (default true) switches restarts off; SERVER_RESTART_WAIT_TIME sets how long to
-    wait for a restarted server. Returns only the keys that are set.
+    wait for a restarted server. Returns only what is set (the rest not given).
     """
     env = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
+    enable_restart = restart_wait = None
     flag = env.get("ENABLE_SERVER_RESTART")
     if flag is not None:
-        out["enable_restart"] = flag.strip().lower() not in {"0", "false", "no", "off"}
+        enable_restart = flag.strip().lower() not in {"0", "false", "no", "off"}
     wait = env.get("SERVER_RESTART_WAIT_TIME")
     if wait is not None:
         try:
-            out["restart_wait"] = float(wait)
+            restart_wait = float(wait)
         except ValueError:
             raise ConfigError(f"SERVER_RESTART_WAIT_TIME must be a number of seconds, got {wait!r}") from None
-    return out
+    return RunOptions(enable_restart=enable_restart, restart_wait=restart_wait)
 
 
-def build(task: Any, *, model: str, run_dir: Path, dataset: Path | None = None, limit: int | None = None,
-          sampling: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
-          operational: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> RunConfig:
-    """Build a run's configuration: the task's defaults, overridden by what the user gave.
-
-    `task` is a `hallurun.tasks.registry.Task`; None values in the option dicts mean "not given". HalluLens'
-    ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME apply unless the matching option is given.
-    """
-    given = {k: v for k, v in (sampling or {}).items() if v is not None}
-    sampling_fields = {f.name for f in dataclasses.fields(Sampling)}
-    defaults = {k: v for k, v in task.defaults.items() if k in sampling_fields}
-    server_opts = {k: v for k, v in (server or {}).items() if v is not None}
-    if server_opts.get("url"):
-        server_opts["kind"] = "external"
-    if server_opts.get("kind") == "external" and not server_opts.get("url"):
+def server_spec(server: ServerSpec | ServerKind) -> ServerSpec:
+    """The server of a new run: a kind alone launches it with the defaults; a URL means an external server."""
+    spec = ServerSpec(kind=server) if isinstance(server, str) else server
+    if spec.kind not in ("vllm", "mock", "external"):
+        raise ConfigError(f"--server must be vllm, mock or external, got {spec.kind!r}")
+    if spec.url:
+        spec = dataclasses.replace(spec, kind="external")
+    if spec.kind == "external" and not spec.url:
         raise ConfigError("--server external needs --server-url")
-    ops = env_restart_settings(environ)
-    ops.update({k: v for k, v in (operational or {}).items() if v is not None})
+    return spec
+
+
+def build(*, task: str, dataset: Path, model: str, run_dir: Path, sampling: Sampling | None = None,
+          overrides: SamplingOverrides | None = None, evaluator: str | None = None, limit: int | None = None,
+          server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None, retry_failed: bool = False,
+          environ: Mapping[str, str] | None = None) -> RunConfig:
+    """Build a run's configuration: the task's name, data and default `sampling`, with the user's `overrides`,
+    `server` and `options` over them.
+
+    HalluLens' ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME (from `environ`, default the process's
+    environment) apply unless the matching option is given. Invalid values raise ConfigError (exit code 2).
+    """
+    chosen = (options or RunOptions()).over(env_restart_settings(environ))
     return RunConfig(
-        task=task.name,
-        evaluator=task.evaluator,
-        dataset=Path(dataset) if dataset is not None else task.dataset,
+        task=task,
+        evaluator=evaluator,
+        dataset=Path(dataset),
         model=model,
-        run_dir=run_dir,
-        sampling=Sampling(**{**defaults, **given}),
-        server=ServerSpec(**server_opts),
+        run_dir=Path(run_dir),
+        sampling=(overrides or SamplingOverrides()).over(sampling or Sampling()),
+        server=server_spec(server),
         limit=limit,
-        **ops,
+        retry_failed=retry_failed,
+        **chosen.given(),
     )
+
+
+def resumed(config: RunConfig, *, run_dir: Path, dataset: Path, options: RunOptions | None = None,
+            server: ServerOptions | None = None, retry_failed: bool = False) -> RunConfig:
+    """A run's saved configuration as its resumption runs it: only what may change on resume changes (the
+    operational options and the server's launch settings); task, model, sampling and data stay."""
+    return dataclasses.replace(config, run_dir=run_dir, dataset=dataset, retry_failed=retry_failed,
+                               server=(server or ServerOptions()).over(config.server),
+                               **(options or RunOptions()).given())

@@ -8,7 +8,6 @@ import orjson
 
 from hallurun import config as cfg
 from hallurun.server.launch import launch
-from hallurun.tasks.registry import Task
 from hallurun.wire.metrics import QUIET_INTERVAL, ServerMetrics, parse, poll_due
 
 METRICS = """\
@@ -24,8 +23,8 @@ vllm:prompt_tokens_total{engine="0",model_name="tiny"} 7.0
 
 
 def _config(tmp_path: Path, model: str = "org/model", args: tuple[str, ...] = ()) -> cfg.RunConfig:
-    task = Task(name="t", description="", dataset=tmp_path / "d.jsonl")
-    return cfg.build(task, model=model, run_dir=tmp_path, server={"kind": "vllm", "args": args, "python": "py"})
+    return cfg.build(task="t", dataset=tmp_path / "d.jsonl", model=model, run_dir=tmp_path,
+                     server=cfg.ServerSpec(kind="vllm", args=args, python="py"))
 
 
 def test_vllm_on_cpu_gets_defaults_the_user_can_override(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from hallurun.eval.judges import RETRY_MARKER
+from hallurun.eval.question import RETRY_MARKER
 from tests.conftest import REPO, Hallurun, read_jsonl, server_processes, wait_until, write_dataset
 
 SAMPLE = REPO / "hallurun" / "tasks" / "precisewikiqa" / "questions.jsonl"

@@ -10,21 +10,24 @@ import orjson
 import pytest
 from rich.console import Console
 
-from hallurun.eval import heuristic, judges, report
-from hallurun.eval.evaluate import Verdict, bin_results, judge_precisewikiqa, to_metrics
-from hallurun.eval.metrics import (
-    EntityJudgment,
-    LongJudgment,
-    QAJudgment,
-    agreement,
-    by_bin,
-    cohen_kappa,
-    longwiki,
-    mixedentities,
-    precisewikiqa,
-    prompt_scores,
-)
+from hallurun.eval import heuristic, report
+from hallurun.eval.judge import HeuristicJudge
+from hallurun.eval.metrics import agreement, bin_results, by_bin, cohen_kappa
+from hallurun.eval.question import RETRY_MARKER, Verdict, retry_prompt
+from hallurun.eval.text import is_empty, token_f1, tokens
+from hallurun.tasks.longwiki import questions as lw_questions
+from hallurun.tasks.longwiki.questions import VERIFY, extract_claims, parse_claims, parse_support, supported
+from hallurun.tasks.longwiki.scoring import LongJudgment, prompt_scores
+from hallurun.tasks.longwiki.scoring import rates as longwiki
+from hallurun.tasks.mixedentities.questions import believes_exists, exists_prompt, parse_exists
+from hallurun.tasks.mixedentities.scoring import EntityJudgment
+from hallurun.tasks.mixedentities.scoring import rates as mixedentities
 from hallurun.tasks.precisewikiqa import chart
+from hallurun.tasks.precisewikiqa import questions as qa
+from hallurun.tasks.precisewikiqa.scoring import SCORING as PRECISEWIKIQA
+from hallurun.tasks.precisewikiqa.scoring import QAJudgment
+from hallurun.tasks.precisewikiqa.scoring import judge as judge_precisewikiqa
+from hallurun.tasks.precisewikiqa.scoring import rates as precisewikiqa
 
 # --- PreciseWikiQA metrics ----------------------------------------------------------------------------------
 
@@ -61,20 +64,21 @@ def test_precisewikiqa_rates_are_none_without_a_denominator() -> None:
 
 
 def test_empty_generation_is_an_abstention_decided_without_a_judge() -> None:
-    class NoJudge:
-        def ask(self, stage, prompts, parse, fmt):
-            assert "e" not in prompts, "an empty answer must not be sent to the judge"
-            return {i: Verdict(False if stage == "abstain" else "CORRECT", None, {stage: "ok"}) for i in prompts}
+    class NoJudge(HeuristicJudge):
+        def ask(self, question, inputs):
+            assert "e" not in inputs, "an empty answer must not be sent to the judge"
+            stage = question.stage
+            return {i: Verdict(False if stage == "abstain" else "CORRECT", None, {stage: "ok"}) for i in inputs}
 
     records = [{"id": "e", "prompt": "Q1?", "answer": "x", "generation": "  \n"},
                {"id": "f", "prompt": "Q2?", "answer": "y", "generation": "y"}]
-    for stages in (None, NoJudge()):
-        out = {j["id"]: j for j in judge_precisewikiqa(records, stages)}  # type: ignore[arg-type]
+    for judge in (HeuristicJudge(), NoJudge()):
+        out = {j["id"]: j for j in judge_precisewikiqa(records, judge, {})}
         assert out["e"]["empty"] and out["e"]["abstained"] is True and out["e"]["hallucinated"] is None
         assert out["f"]["abstained"] is False and out["f"]["verdict"] == "CORRECT"
-        metrics, _ = to_metrics("precisewikiqa", list(out.values()))
+        metrics, _ = PRECISEWIKIQA.metrics(list(out.values()))
         assert metrics["refusal_rate"] == 0.5 and metrics["halu_Rate"] == 0.0
-    assert judges.is_empty("") and judges.is_empty(" \t\n") and not judges.is_empty(".")
+    assert is_empty("") and is_empty(" \t\n") and not is_empty(".")
     assert heuristic.is_abstaining("")
 
 
@@ -137,7 +141,7 @@ def test_cohen_kappa_known_values() -> None:
     ("", None),
 ])
 def test_parse_abstention(reply: str, expected: bool | None) -> None:
-    assert judges.parse_abstention(reply) is expected
+    assert qa.parse_abstention(reply) is expected
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
@@ -183,7 +187,7 @@ def test_parse_abstention(reply: str, expected: bool | None) -> None:
     ("", None),
 ])
 def test_parse_correctness(reply: str, expected: str | None) -> None:
-    assert judges.parse_correctness(reply) == expected
+    assert qa.parse_correctness(reply) == expected
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
@@ -199,7 +203,7 @@ def test_parse_correctness(reply: str, expected: str | None) -> None:
     ("Verdict: SUPPORTED or NOT SUPPORTED", None), ("", None),
 ])
 def test_parse_support(reply: str, expected: bool | None) -> None:
-    assert judges.parse_support(reply) is expected
+    assert parse_support(reply) is expected
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
@@ -213,47 +217,47 @@ def test_parse_support(reply: str, expected: bool | None) -> None:
     ("true", None),
 ])
 def test_parse_abstention_more_replies(reply: str, expected: bool | None) -> None:
-    assert judges.parse_abstention(reply) is expected
+    assert qa.parse_abstention(reply) is expected
 
 
 def test_templates_ask_for_what_the_parsers_read() -> None:
     """Every label a template offers, written the way it asks, reads back as that label."""
-    c = judges.correctness_prompt("Q?", "gold", "A.")
-    for label in judges.CORRECTNESS_LABELS:
-        assert f"Verdict: {label}" in c and judges.parse_correctness(f"Verdict: {label}") == label
-    v = judges.verify_prompt("C.", "E.")
+    c = qa.correctness_prompt("Q?", "gold", "A.")
+    for label in qa.CORRECTNESS_LABELS:
+        assert f"Verdict: {label}" in c and qa.parse_correctness(f"Verdict: {label}") == label
+    v = lw_questions.verify_prompt("C.", "E.")
     assert "Verdict: SUPPORTED" in v and "Verdict: NOT SUPPORTED" in v
-    assert judges.parse_support("Verdict: SUPPORTED") is True
-    assert judges.parse_support("Verdict: NOT SUPPORTED") is False
-    for fmt, parse in (("correct", judges.parse_correctness), ("verify", judges.parse_support)):
-        assert "Verdict:" in judges.retry_prompt("ORIGINAL", "hmm", fmt)
-        assert parse(judges.retry_prompt("ORIGINAL", "hmm", fmt)) is None  # the prompt offers every label
+    assert parse_support("Verdict: SUPPORTED") is True
+    assert parse_support("Verdict: NOT SUPPORTED") is False
+    for question in (qa.CORRECT, VERIFY):
+        assert "Verdict:" in retry_prompt("ORIGINAL", "hmm", question.reply_format)
+        assert question.parse(retry_prompt("ORIGINAL", "hmm", question.reply_format)) is None  # every label
 
 
 def test_parse_claims_and_exists() -> None:
-    assert judges.parse_claims('Claims: ["A was born in 1900.", "A was a painter.", "A was born in 1900."]') == [
+    assert parse_claims('Claims: ["A was born in 1900.", "A was a painter.", "A was born in 1900."]') == [
         "A was born in 1900.", "A was a painter."]
-    assert judges.parse_claims('[{"claim": "X is a city."}]') == ["X is a city."]
-    assert judges.parse_claims("[]") == [] and judges.parse_claims("No verifiable claims.") == []
-    assert judges.parse_claims("1. X is a city.\n2. X has a port.") == ["X is a city.", "X has a port."]
-    assert judges.parse_claims("X is a city.") is None and judges.parse_claims("[1, 2]") is None
-    assert judges.parse_exists('{"believes_exists": false}') is False
-    assert judges.parse_exists("it exists") is None
+    assert parse_claims('[{"claim": "X is a city."}]') == ["X is a city."]
+    assert parse_claims("[]") == [] and parse_claims("No verifiable claims.") == []
+    assert parse_claims("1. X is a city.\n2. X has a port.") == ["X is a city.", "X has a port."]
+    assert parse_claims("X is a city.") is None and parse_claims("[1, 2]") is None
+    assert parse_exists('{"believes_exists": false}') is False
+    assert parse_exists("it exists") is None
 
 
 def test_retry_prompt_quotes_the_unreadable_reply() -> None:
-    prompt = judges.retry_prompt("ORIGINAL", "hmm, hard to say", "abstain")
-    assert prompt.startswith("ORIGINAL") and f"{judges.RETRY_MARKER}\n<<<\nhmm, hard to say\n>>>" in prompt
+    prompt = retry_prompt("ORIGINAL", "hmm, hard to say", qa.ABSTAIN.reply_format)
+    assert prompt.startswith("ORIGINAL") and f"{RETRY_MARKER}\n<<<\nhmm, hard to say\n>>>" in prompt
     assert '{"is_abstaining": true}' in prompt
 
 
 def test_templates_put_item_text_after_stage_specific_labels() -> None:
-    a = judges.abstain_prompt("Q?", "A.")
-    c = judges.correctness_prompt("Q?", "gold", "A.")
+    a = qa.abstain_prompt("Q?", "A.")
+    c = qa.correctness_prompt("Q?", "gold", "A.")
     assert "Question: Q?\nChatbot's answer: A." in a and "Gold answer" not in a
     assert "Question: Q?\nGold answer: gold\nChatbot's answer: A." in c
-    assert '"{name}"' not in judges.exists_prompt("What is the animal Foo bar?", "Foo bar", "", "x")
-    assert "Claim to check: C." in judges.verify_prompt("C.", "E.")
+    assert '"{name}"' not in exists_prompt("What is the animal Foo bar?", "Foo bar", "", "x")
+    assert "Claim to check: C." in lw_questions.verify_prompt("C.", "E.")
 
 
 # --- the heuristic judge ------------------------------------------------------------------------------------
@@ -283,14 +287,14 @@ def test_heuristic_abstention(answer: str, abstains: bool) -> None:
     ("He was born in Paris.", "Ulm", "INCORRECT"),
 ])
 def test_heuristic_correctness(answer: str, gold: str, verdict: str) -> None:
-    assert heuristic.correctness(answer, gold) == verdict
+    assert qa.heuristic_correctness(answer, gold) == verdict
 
 
 def test_heuristic_token_f1_and_normalization() -> None:
-    assert heuristic.tokens("The Río Tinto's mouth!") == ["rio", "tintos", "mouth"]
-    assert heuristic.token_f1(["a", "b"], ["a", "b"]) == 1.0
-    assert heuristic.token_f1(["a", "b"], ["a", "c", "d", "e"]) == pytest.approx(2 * 0.25 * 0.5 / 0.75)
-    assert heuristic.token_f1([], ["a"]) == 0.0
+    assert tokens("The Río Tinto's mouth!") == ["rio", "tintos", "mouth"]
+    assert token_f1(["a", "b"], ["a", "b"]) == 1.0
+    assert token_f1(["a", "b"], ["a", "c", "d", "e"]) == pytest.approx(2 * 0.25 * 0.5 / 0.75)
+    assert token_f1([], ["a"]) == 0.0
 
 
 @pytest.mark.parametrize(("answer", "believes"), [
@@ -302,18 +306,18 @@ def test_heuristic_token_f1_and_normalization() -> None:
     ("", False),
 ])
 def test_heuristic_nonexistent_entities(answer: str, believes: bool) -> None:
-    assert heuristic.believes_exists(answer) is believes
+    assert believes_exists(answer) is believes
 
 
 def test_heuristic_claims_and_support() -> None:
     text = ("Marie Curie was born in Warsaw in 1867. She won two Nobel Prizes! Why? "
             "I am not sure about her later years.\n- She worked in Paris with Pierre Curie.")
-    assert heuristic.extract_claims(text) == ["Marie Curie was born in Warsaw in 1867.", "She won two Nobel Prizes!",
+    assert extract_claims(text) == ["Marie Curie was born in Warsaw in 1867.", "She won two Nobel Prizes!",
                                               "She worked in Paris with Pierre Curie."]
     evidence = "Marie Curie was born in Warsaw in 1867 and later worked in Paris with Pierre Curie."
-    assert heuristic.supported("Marie Curie was born in Warsaw in 1867.", evidence)
-    assert not heuristic.supported("Marie Curie was born in Warsaw in 1868.", evidence)  # numbers must match
-    assert not heuristic.supported("She won two Nobel Prizes!", evidence)
+    assert supported("Marie Curie was born in Warsaw in 1867.", evidence)
+    assert not supported("Marie Curie was born in Warsaw in 1868.", evidence)  # numbers must match
+    assert not supported("She won two Nobel Prizes!", evidence)
 
 
 # --- undefined rates: None in the results, NaN in the chart, n/a in the tables ------------------------------
@@ -327,7 +331,7 @@ def _results_with_an_unanswered_bin() -> dict:
         {"id": "d", "h_score_cat": 5, "abstained": False, "verdict": "INCORRECT", "problem": None},
         {"id": "e", "h_score_cat": 9, "abstained": None, "verdict": None, "problem": "unparseable"},  # bin 9: none
     ]
-    metrics, bins = to_metrics("precisewikiqa", judgments)
+    metrics, bins = PRECISEWIKIQA.metrics(judgments)
     metrics.pop("counts")
     return {"evaluator": "precisewikiqa", "model": "m", "judge": "j", **metrics, "counts": {"items": 5},
             "by_h_score_cat": bin_results(bins or {})}
@@ -367,12 +371,12 @@ def test_tables_show_undefined_rates_as_n_a() -> None:
     def cells(line: str) -> list[str]:
         return [c.strip() for c in re.split("[│┃]", line)[1:-1]]
 
-    rows = {cells(line)[0]: cells(line)[1:] for line in text(report.bins_table(results)).splitlines()
-            if len(cells(line)) > 3}
+    by_bin_table = report.bins_table(results, PRECISEWIKIQA.headline, PRECISEWIKIQA.bins_key)
+    rows = {cells(line)[0]: cells(line)[1:] for line in text(by_bin_table).splitlines() if len(cells(line)) > 3}
     assert rows.pop("h_score_cat") == ["items", "scored", "answered", "halu_Rate", "refusal_rate", "correct_rate"]
     assert rows == {"0": ["2", "2", "0", "n/a", "100.0%", "0.0%"], "5": ["2", "2", "2", "50.0%", "0.0%", "50.0%"],
                     "9": ["1", "0", "0", "n/a", "n/a", "n/a"]}
-    overall = {cells(line)[2]: cells(line)[1] for line in text(report.metrics_table({**results, "halu_Rate": None}))
-               .splitlines() if len(cells(line)) == 3}
+    overall_table = report.metrics_table({**results, "halu_Rate": None}, PRECISEWIKIQA.headline)
+    overall = {cells(line)[2]: cells(line)[1] for line in text(overall_table).splitlines() if len(cells(line)) == 3}
     assert overall["halu_Rate"] == "n/a" and overall["refusal_rate"] == "50.0%"
     assert report.percent(None) == "n/a" and report.percent(0.0) == "0.0%"

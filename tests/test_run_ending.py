@@ -248,10 +248,10 @@ def test_an_unexpected_exception_says_it_is_a_bug_and_exits_70(monkeypatch: pyte
                                                                tmp_path: Path) -> None:
     write_dataset(tmp_path / "data.jsonl", 3)
 
-    def broken(*args: object, **kwargs: object) -> int:
+    async def broken(*args: object, **kwargs: object) -> int:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(runner, "start", broken)
+    monkeypatch.setattr(runner, "start_async", broken)
     result = CliRunner().invoke(main, ["inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m"])
     assert result.exit_code == 70
     assert "internal error, a bug in hallurun" in result.output and "ZeroDivisionError" in result.output

@@ -3,15 +3,19 @@ MixedEntities task run end to end against the mock server."""
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
 
+from hallurun.eval.metrics import JUDGE_FAILED, UNPARSEABLE
+from hallurun.eval.scoring import Column, Scoring, ScoringError, validate
 from hallurun.store.dataset import scan
 from hallurun.tasks import registry as tasks
 from hallurun.tasks.mixedentities import names as mixedentities
+from hallurun.tasks.plugin import TaskPlugin
 from hallurun.tasks.precisewikiqa.passages import approx_tokens, passages
 from tests.conftest import REPO, Hallurun, read_jsonl
 
@@ -130,9 +134,78 @@ def test_a_user_task_folder_runs_like_a_builtin_task(hallurun: Hallurun, tmp_pat
     generation = read_jsonl(run_dir / "generation.jsonl")
     assert len(generation) == 12 and set(generation[0]) == {"id", "prompt", "country", "answer", "generation"}
     config = orjson.loads((run_dir / "manifest.json").read_bytes())["config"]
-    assert config["task"] == "capitals" and config["evaluator"] is None
+    # The folder scores its answers with its own code; the run records where that code is.
+    assert config["task"] == "capitals" and config["evaluator"] == str((CUSTOM / "scoring.py").resolve())
     assert config["sampling"]["max_tokens"] == 64
     # The default run directory is named after the task, from a folder anywhere.
     proc = hallurun.run("inference", "--task", str(CUSTOM), "--model", "m", "--server", "mock", "--limit", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [p.name.split("-")[0] for p in (tmp_path / "runs").iterdir()] == ["capitals"]
+
+
+# --- tasks as plugins ---------------------------------------------------------------------------------------
+
+
+def test_every_task_folder_is_registered_and_every_plugin_is_complete() -> None:
+    folders = sorted(p.parent.name for p in TASKS.glob("*/task.json"))
+    assert sorted(tasks.BUILTIN) == folders
+    assert tasks.evaluators() == ["precisewikiqa", "mixedentities", "longwiki"]
+    assert list(tasks.generators()) == ["precisewikiqa"]
+    for name, plugin in tasks.BUILTIN.items():
+        assert plugin.folder == TASKS / name and plugin.scoring is not None
+        assert tasks.scoring(name) is plugin.scoring and validate(plugin.scoring) is plugin.scoring
+        metrics, bins = plugin.scoring.metrics([])
+        assert {c.key for c in plugin.scoring.headline} <= set(metrics) and bins == {}
+        assert {UNPARSEABLE, JUDGE_FAILED} <= set(metrics["counts"])
+
+
+def _scoring(headline: tuple[Column, ...], counts: dict[str, int] | None = None) -> Scoring:
+    base = tasks.scoring("mixedentities")
+    return Scoring(name="partial", need=base.need, judge=base.judge, decisions=base.decisions, headline=headline,
+                   metrics=lambda judgments: ({"refusal_rate": None, "counts": counts or {}}, {}))
+
+
+def test_a_scoring_missing_from_the_report_tables_fails_when_it_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ScoringError, match="its metrics lack f1"):
+        validate(_scoring((Column("refusal_rate", "refusal rate"), Column("f1", "F1"))))
+    with pytest.raises(ScoringError, match=r"counts\.unparseable, counts\.judge_failed"):
+        validate(_scoring((Column("refusal_rate", "refusal rate"),)))
+    assert validate(_scoring((Column("refusal_rate", "refusal rate"),), {UNPARSEABLE: 0, JUDGE_FAILED: 0}))
+    # The registry's check at import refuses a built-in plugin whose scoring is incomplete.
+    broken = TaskPlugin(folder=TASKS / "mixedentities", scoring=_scoring((Column("f1", "F1"),)))
+    monkeypatch.setitem(tasks.BUILTIN, "mixedentities", broken)
+    with pytest.raises(ScoringError, match="its metrics lack f1"):
+        tasks._check_builtins()
+
+
+def test_task_folders_name_their_scoring_and_bad_references_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "d.jsonl").write_text('{"prompt": "p"}\n')
+    for spec, says in (({"eval": "nosuch"}, "unknown evaluation 'nosuch'"),
+                       ({"eval": "precisewikiqa", "scoring": "s.py"}, "not both"),
+                       ({"scoring": "s.py"}, "scoring file not found")):
+        (folder / "task.json").write_bytes(orjson.dumps({"name": "t", "data": "d.jsonl", **spec}))
+        with pytest.raises(tasks.TaskError, match=says):
+            tasks.resolve(str(folder))
+    (folder / "s.py").write_text("SCORING = 1\n")
+    with pytest.raises(tasks.TaskError, match="defines no SCORING"):
+        tasks.resolve(str(folder))
+    (folder / "s.py").write_text("raise RuntimeError('oops')\n")
+    with pytest.raises(tasks.TaskError, match=r"importing it failed \(RuntimeError: oops"):
+        tasks.resolve(str(folder))
+    (folder / "task.json").write_bytes(orjson.dumps({"name": "t", "data": "d.jsonl", "eval": "longwiki"}))
+    assert tasks.resolve(str(folder)).evaluator == "longwiki"
+    with pytest.raises(tasks.TaskError, match="unknown evaluator 'nosuch'"):
+        tasks.scoring("nosuch")
+
+
+def test_no_module_outside_the_tasks_package_names_a_task() -> None:
+    """No string constant in code outside hallurun/tasks/ is a task's name: behaviour is chosen through the
+    task's plugin, never by comparing names (prose that mentions a task, such as a usage example, is fine)."""
+    outside = [p for p in (REPO / "hallurun").rglob("*.py") if TASKS not in p.parents]
+    assert outside
+    for path in outside:
+        named = {node.value for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Constant) and node.value in tasks.BUILTIN}
+        assert not named, f"{path} names the task(s) {named}: choose behaviour through the plugin"

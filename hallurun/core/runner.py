@@ -1,19 +1,25 @@
-"""A run from start to end: the run directory, its lock and manifest, the server, the scheduler, the exit code.
+"""A run from start to end: the run directory, its lock and manifest, the server, the scheduler, how it ended.
 
-`start` begins (or continues) a run from a fresh configuration; `resume` continues one from its manifest.
-Both return the process exit code; errors a user can fix are raised as `UsageError` (exit code 2).
+`start_async` begins (or continues) a run from a fresh configuration; `resume_async` continues one from its
+manifest. Both are coroutines that work inside any running event loop and return a `RunResult`; errors a user can
+fix before any work starts are raised as `UsageError` (exit code 2). They own no signal and never exit the
+process: cancelling the run's task is the interrupt. The run then stops gracefully (dispatch stops, the items in
+flight go back, results are flushed, the server's tree is stopped, the summary and the resume command are
+printed), leaves its result on the `RunHandle` (status "interrupted"; "complete" when every item had settled, as
+when the cancellation comes while the server is being stopped), and raises the cancellation again, as asyncio
+asks of a cancelled task (so that `asyncio.timeout`, TaskGroups and `task.cancelled()` mean what they say).
+Blocking preparation (validating the dataset, building the tiny model, reading the checkpoint, writing the
+final files) runs in worker threads, so the host's event loop keeps going meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import hashlib
 import os
 import re
-import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,11 +30,16 @@ import aiohttp
 import orjson
 from rich.console import Console
 
-from hallurun.config import ConfigError, RunConfig, ServerSpec
+from hallurun.config import RunConfig, RunOptions, ServerOptions
+from hallurun.core import preparation
 from hallurun.core.counters import RunStats
+from hallurun.core.handle import RunHandle
+from hallurun.core.preparation import Prepared
 from hallurun.core.progress import live, progress_line, summary_table
+from hallurun.core.result import RunResult, Status
 from hallurun.core.scheduler import RestartBudgetExhausted, Scheduler
-from hallurun.errors import (
+from hallurun.core.uncancellable import in_thread, to_the_end
+from hallurun.errors import (  # noqa: F401  (the exit codes are read from here by eval/ and tasks/)
     EXIT_FAILED_ITEMS,
     EXIT_INTERRUPTED,
     EXIT_IO,
@@ -37,21 +48,16 @@ from hallurun.errors import (
     EXIT_USAGE,
     UsageError,
 )
-from hallurun.server import launch as engine
-from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor, free_port
+from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor
 from hallurun.store import manifest
 from hallurun.store.checkpoint import Checkpoint
-from hallurun.store.dataset import DatasetChanged, DatasetError, DatasetInfo, Item, iter_items, scan
+from hallurun.store.dataset import DatasetChanged, DatasetInfo, Item, iter_items
 from hallurun.store.durable import RunDirWriteError, fsync_dir
 from hallurun.store.events import EventLog
-from hallurun.store.lock import LockError, RunLock
 from hallurun.wire.client import Client
 from hallurun.wire.metrics import poll
 from hallurun.wire.watchdog import Activity
 
-# A second Ctrl-C waits at most this long for a batch being written: a batch whose thread has not started yet
-# cannot finish while this very handler holds the event loop, and that lines simply run again after a resume.
-SECOND_SIGNAL_FLUSH_S = 2.0
 GENERATION = "generation.jsonl"
 API_KEY_ENV = "HALLURUN_API_KEY"
 
@@ -70,207 +76,181 @@ def latest_run(root: Path = Path("runs")) -> Path:
     return found[-1].parent
 
 
-def start(config: RunConfig, console: Console | None = None) -> int:
-    """Start a run, or continue it if its directory already holds the same run."""
-    try:
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--run-dir {config.run_dir}: cannot create it ({exc.strerror or exc})") from None
-    # Absolute, so that `hallurun resume` finds the data from any working directory.
-    config = dataclasses.replace(config, dataset=config.dataset.absolute())
-    with _Session(config.run_dir) as session:
-        info = _preflight(config)
-        if (config.run_dir / manifest.MANIFEST).exists():
-            try:
-                existing = manifest.read(config.run_dir)
-                same = existing["fingerprint"] == manifest.fingerprint(config, info.sha256)
-            except manifest.ManifestError as exc:
-                raise UsageError(f"{exc}; the folder holds a damaged run: choose another --run-dir") from None
-            except (KeyError, TypeError):
-                raise UsageError(f"{config.run_dir / manifest.MANIFEST}: field 'fingerprint' missing; the folder "
-                                 "holds a damaged run: choose another --run-dir") from None
-            if not same:
-                raise UsageError(f"{config.run_dir} holds a different run (task, model, sampling or data differ); "
-                                 f"use `hallurun resume {config.run_dir}` or choose another --run-dir")
-        _write_manifest(config, info)
-        return session.drive(config, info, console or Console(soft_wrap=True), resumed=False)
-
-
-def resume(run_dir: Path, overrides: dict[str, Any], *, retry_failed: bool = False, force: bool = False,
-           console: Console | None = None) -> int:
-    """Continue a run from its manifest. Only operational settings may be overridden."""
-    with _Session(run_dir) as session:
-        try:
-            saved = manifest.read(run_dir)
-            config = RunConfig.from_json(saved["config"])
-            # The manifest's dataset path is absolute (older runs kept a relative one in their configuration).
-            config = dataclasses.replace(config, run_dir=run_dir, retry_failed=retry_failed,
-                                         dataset=Path(saved["dataset"]["path"]), **overrides)
-            started_with = str(saved["dataset"]["sha256"])
-        except (manifest.ManifestError, ConfigError) as exc:
-            raise UsageError(str(exc)) from None
-        except (KeyError, TypeError) as exc:
-            raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
-        info = _preflight(config)
-        if info.sha256 != started_with:
-            if not force:
-                raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
-                                 f"{started_with[:12]} → {info.sha256[:12]}); "
-                                 "restore it, or pass --force to continue with the new file")
-            _write_manifest(config, info)
-        return session.drive(config, info, console or Console(soft_wrap=True), resumed=True,
-                             changed=info.sha256 != started_with)
-
-
-def _write_manifest(config: RunConfig, info: DatasetInfo) -> None:
-    try:
-        manifest.write(config, info)
-    except RunDirWriteError as exc:
-        raise UsageError(f"{exc}; nothing was run") from None
-
-
-def _preflight(config: RunConfig) -> DatasetInfo:
-    """Everything checked before any work starts: the data, the host, the server's Python; the tiny model built."""
-    info = _scan(config)
-    _check_host(config)
-    _check_server_python(config)
-    _prepare_model(config)
-    return info
-
-
-def _check_host(config: RunConfig) -> None:
-    """A `--host` a launched server cannot listen on is bad usage, found before anything starts."""
-    if config.server.kind == "external":
-        return
-    try:
-        free_port(config.server.host)
-    except OSError as exc:  # socket.gaierror included: a name that does not resolve
-        raise UsageError(f"--host {config.server.host}: a server cannot listen there ({exc.strerror or exc}); "
-                         "give an IPv4 address of this machine, such as 127.0.0.1") from None
-
-
-def _check_server_python(config: RunConfig) -> None:
-    """A `--server-python` that cannot run is bad usage, found before anything starts."""
-    python = config.server.python
-    if python is None or config.server.kind == "external":
-        return
-    if "/" not in python:
-        if shutil.which(python) is None:
-            raise UsageError(f"--server-python {python}: not found on PATH")
-        return
-    path = Path(python).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--server-python {python}: no such file")
-    if not os.access(path, os.X_OK):
-        raise UsageError(f"--server-python {python}: not executable")
-
-
-def _scan(config: RunConfig) -> DatasetInfo:
-    try:
-        return scan(config.dataset, config.limit)
-    except DatasetError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _prepare_model(config: RunConfig) -> None:
-    """Build the tiny model before the run starts (it takes seconds, and must not stall the event loop)."""
-    if config.server.kind != "vllm":
-        return
-    try:
-        engine.model_path(config.model)
-    except ImportError as exc:
-        raise UsageError(f"--model {config.model} needs torch, transformers and tokenizers here ({exc}); "
-                         "run `make install`") from None
-
-
-def saved_server(run_dir: Path) -> ServerSpec:
-    """The server a run was started with, from its manifest (for `resume` to change only what is given)."""
-    try:
-        return RunConfig.from_json(manifest.read(run_dir)["config"]).server
-    except manifest.ManifestError as exc:
-        raise UsageError(str(exc)) from None
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
-
-
 def resume_command(run_dir: Path) -> str:
     return f"hallurun resume {run_dir}"
 
 
+async def start_async(config: RunConfig, *, console: Console | None = None, errors: Console | None = None,
+                      handle: RunHandle | None = None) -> RunResult:
+    """Start a run, or continue it if its directory already holds the same run.
+
+    `console` shows the progress, the summary and the resume command (None: nothing is printed); `errors` the
+    error lines (None: standard error when a console is given, else nothing). `handle`, optional, is how the
+    owner of the process reaches the run from outside its task (a last resort, and the result of a cancelled run).
+    Raises UsageError (ConfigError, DatasetError, ...) for what a user must fix before any work starts.
+    """
+    return await _session(functools.partial(preparation.for_start, config), resumed=False,
+                          out=_Output.of(console, errors), handle=handle or RunHandle())
+
+
+async def resume_async(run_dir: Path, *, options: RunOptions | None = None, server: ServerOptions | None = None,
+                       retry_failed: bool = False, force: bool = False, console: Console | None = None,
+                       errors: Console | None = None, handle: RunHandle | None = None) -> RunResult:
+    """Continue a run from its manifest. Only what may change between sessions may be given: `options` and the
+    server's launch settings (`server`); task, model, sampling and data come from the manifest. `retry_failed`
+    runs the items in failures.jsonl again; `force` continues on a dataset file that changed (every item whose
+    question changed runs again). The rest as `start_async`."""
+    prepare = functools.partial(preparation.for_resume, run_dir, options, server, retry_failed=retry_failed,
+                                force=force)
+    return await _session(prepare, resumed=True, out=_Output.of(console, errors), handle=handle or RunHandle())
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where a run speaks: the console (progress, summary, hints) and the error lines."""
+
+    console: Console
+    errors: Console
+
+    @classmethod
+    def of(cls, console: Console | None, errors: Console | None) -> _Output:
+        if console is None:
+            return cls(Console(quiet=True), errors or Console(quiet=True))
+        return cls(console, errors or Console(stderr=True, soft_wrap=True))
+
+
 @dataclass
 class _Outcome:
-    code: int
+    status: Status
     message: str = ""
 
 
-class _Session:
-    """Holds the run directory's lock for one invocation and drives the run."""
+@dataclass
+class _Open:
+    """A run whose files are open: the checkpoint, the event log, this session's counters."""
 
-    def __init__(self, run_dir: Path) -> None:
-        if not run_dir.is_dir():
-            raise UsageError(f"{run_dir}: no such run directory")
-        self.lock = RunLock(run_dir)
+    config: RunConfig
+    info: DatasetInfo
+    checkpoint: Checkpoint
+    events: EventLog
+    stats: RunStats
+    early: _Outcome | None = None  # the run stopped before it could begin (a write that failed)
 
-    def __enter__(self) -> _Session:
-        try:
-            self.lock.acquire()
-        except LockError as exc:
-            raise UsageError(str(exc)) from None
-        return self
+    def close(self) -> None:
+        """Close both files after a cancellation before the run began (what they hold is whole: flushed)."""
+        with contextlib.suppress(RunDirWriteError):
+            self.checkpoint.close()
+        self.events.close()
 
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
 
-    def drive(self, config: RunConfig, info: DatasetInfo, console: Console, *, resumed: bool,
-              changed: bool = False) -> int:
-        try:
-            checkpoint = Checkpoint(config.run_dir)
-        except RunDirWriteError as exc:
-            return _report_io(config, exc)
-        try:
-            events = EventLog(config.run_dir)
-        except RunDirWriteError as exc:
-            checkpoint.close()
-            return _report_io(config, exc)
-        stats = RunStats(total=info.count)
-        try:
-            outcome = self._run(config, info, checkpoint, events, stats, console, resumed=resumed, changed=changed)
-        finally:
-            try:
-                checkpoint.close()
-            except RunDirWriteError as exc:
-                outcome = _Outcome(EXIT_IO, str(exc))
-        return _finish(config, info, checkpoint, events, stats, outcome, console)
+class _Interrupt:
+    """The run's task was cancelled: noted once (the `interrupted` event, saying whether the run's work was
+    already over), and raised again once the run has ended."""
 
-    @staticmethod
-    def _run(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
-             console: Console, *, resumed: bool, changed: bool) -> _Outcome:
-        try:
-            if changed:
-                # `resume --force` on a changed dataset: an answer to a question that has changed (or gone)
-                # answers nothing in the new file, so that item runs again.
-                superseded = checkpoint.supersede(_asks_the_same(config, info))
-                events.emit("results_superseded", count=len(superseded), items=superseded[:64])
-                if superseded:
-                    console.print(f"{len(superseded)} answer(s) were to questions that have changed; they run again "
-                                  f"(the old ones are in {config.run_dir / 'results.superseded.jsonl'})",
-                                  highlight=False)
-            if config.retry_failed:
-                retried = checkpoint.forget_failures()
-                events.emit("failures_retried", count=len(retried))
-            stats.done, stats.failed = len(checkpoint.done), len(checkpoint.failed)
-            stats.done_at_start = stats.settled
-            events.emit("run_resumed" if resumed else "run_started", total=info.count, done=stats.done,
-                        failed=stats.failed, repaired_bytes=checkpoint.repaired_bytes)
-            if checkpoint.repaired_bytes:
-                console.print(f"repaired a torn last line ({checkpoint.repaired_bytes} bytes) in {config.run_dir}")
-            console.print(f"hallurun: {config.task} on {config.model}: {stats.settled}/{info.count} already "
-                          f"settled; run dir {config.run_dir}; resume with `{resume_command(config.run_dir)}`",
+    def __init__(self, events: EventLog) -> None:
+        self.events = events
+        self.error: asyncio.CancelledError | None = None
+
+    def note(self, exc: asyncio.CancelledError, *, stopping: bool) -> None:
+        if self.error is not None:
+            return
+        self.error = exc
+        # The cancel message is the signal's name when the command line cancels (task.cancel("SIGINT")).
+        reason = str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
+        with contextlib.suppress(RunDirWriteError):
+            self.events.emit("interrupted", signal=reason, while_stopping=stopping)
+
+    def keep(self, exc: asyncio.CancelledError) -> None:
+        """A cancellation while the final files are written from a worker thread: kept, not written (the event
+        log is the thread's then), and raised when the run has ended."""
+        if self.error is None:
+            self.error = exc
+
+
+async def _session(prepare: Callable[[], Prepared], *, resumed: bool, out: _Output, handle: RunHandle) -> RunResult:
+    """One invocation: prepare (lock, checks), open the files, drive the run, write its ending; lock released."""
+    prepared = await in_thread(prepare, undo=Prepared.release)
+    try:
+        opened = await in_thread(_open, prepared, out, resumed, undo=_close_opened)
+        if isinstance(opened, RunResult):
+            handle.ended(opened)
+            return opened
+        return await _run(opened, out, handle)
+    finally:
+        prepared.release()
+
+
+def _close_opened(opened: _Open | RunResult) -> None:
+    if isinstance(opened, _Open):
+        opened.close()
+
+
+def _open(prepared: Prepared, out: _Output, resumed: bool) -> _Open | RunResult:
+    """Write the manifest (a new run, or a changed dataset under --force), open the checkpoint (repairing a torn
+    tail) and the event log, and say what the run starts from. In a worker thread."""
+    config, info = prepared.config, prepared.info
+    if prepared.write_manifest:
+        preparation.write_manifest(config, info)
+    try:
+        checkpoint = Checkpoint(config.run_dir)
+    except RunDirWriteError as exc:
+        return _report_io(config, info, exc, out)
+    try:
+        events = EventLog(config.run_dir)
+    except RunDirWriteError as exc:
+        checkpoint.close()
+        return _report_io(config, info, exc, out)
+    opened = _Open(config, info, checkpoint, events, RunStats(total=info.count))
+    try:
+        _begin(opened, out.console, resumed=resumed, changed=prepared.changed)
+    except RunDirWriteError as exc:
+        opened.early = _Outcome("run_dir_unwritable", str(exc))
+    return opened
+
+
+def _begin(run: _Open, console: Console, *, resumed: bool, changed: bool) -> None:
+    config, info, checkpoint, events, stats = run.config, run.info, run.checkpoint, run.events, run.stats
+    if changed:
+        # `resume --force` on a changed dataset: an answer to a question that has changed (or gone)
+        # answers nothing in the new file, so that item runs again.
+        superseded = checkpoint.supersede(_asks_the_same(config, info))
+        events.emit("results_superseded", count=len(superseded), items=superseded[:64])
+        if superseded:
+            console.print(f"{len(superseded)} answer(s) were to questions that have changed; they run again "
+                          f"(the old ones are in {config.run_dir / 'results.superseded.jsonl'})",
                           highlight=False)
-            with _Latch() as latch:
-                return asyncio.run(_drive(config, info, checkpoint, events, stats, console, latch))
-        except RunDirWriteError as exc:
-            return _Outcome(EXIT_IO, str(exc))
+    if config.retry_failed:
+        retried = checkpoint.forget_failures()
+        events.emit("failures_retried", count=len(retried))
+    stats.done, stats.failed = len(checkpoint.done), len(checkpoint.failed)
+    stats.done_at_start = stats.settled
+    events.emit("run_resumed" if resumed else "run_started", total=info.count, done=stats.done,
+                failed=stats.failed, repaired_bytes=checkpoint.repaired_bytes)
+    if checkpoint.repaired_bytes:
+        console.print(f"repaired a torn last line ({checkpoint.repaired_bytes} bytes) in {config.run_dir}")
+    console.print(f"hallurun: {config.task} on {config.model}: {stats.settled}/{info.count} already "
+                  f"settled; run dir {config.run_dir}; resume with `{resume_command(config.run_dir)}`",
+                  highlight=False)
+
+
+async def _run(run: _Open, out: _Output, handle: RunHandle) -> RunResult:
+    """Drive the run, then close the checkpoint and write the ending (summary, generation.jsonl) to its end, even
+    through a cancellation; the cancellation is raised after, with the result left on the handle."""
+    interrupt = _Interrupt(run.events)
+    handle.attach(checkpoint=run.checkpoint)
+    try:
+        outcome = run.early or await _drive(run, out.console, handle, interrupt)
+    except BaseException:
+        handle.detach_checkpoint()
+        run.close()  # an unexpected error (a bug): what was written stays whole
+        raise
+    handle.begin_stopping()
+    handle.detach_checkpoint()
+    result = await to_the_end(asyncio.to_thread(_close_and_finish, run, outcome, out), interrupt.keep)
+    handle.ended(result)
+    if interrupt.error is not None:
+        raise interrupt.error
+    return result
 
 
 def _asks_the_same(config: RunConfig, info: DatasetInfo) -> Callable[[dict[str, Any]], bool]:
@@ -282,11 +262,10 @@ def _asks_the_same(config: RunConfig, info: DatasetInfo) -> Callable[[dict[str, 
     return lambda result: now.get(str(result.get("id"))) == digest(result.get("prompt"))
 
 
-def _report_io(config: RunConfig, exc: RunDirWriteError) -> int:
-    Console(stderr=True, soft_wrap=True).print(
-        f"error: {exc}\nnothing already written is lost; make room, then: {resume_command(config.run_dir)}",
-        highlight=False, markup=False)
-    return EXIT_IO
+def _report_io(config: RunConfig, info: DatasetInfo, exc: RunDirWriteError, out: _Output) -> RunResult:
+    out.errors.print(f"error: {exc}\nnothing already written is lost; make room, then: "
+                     f"{resume_command(config.run_dir)}", highlight=False, markup=False)
+    return RunResult(config.run_dir, "run_dir_unwritable", total=info.count, done=0, failed=0, message=str(exc))
 
 
 class _Items:
@@ -334,138 +313,77 @@ def _server_env(config: RunConfig, key: str | None) -> dict[str, str]:
     return env
 
 
-class _Latch:
-    """SIGINT and SIGTERM while asyncio.run sets up and tears down its loop, around the loop's own handlers.
-
-    A KeyboardInterrupt raised in the middle of the loop's teardown leaves it half closed (the chaos suite met
-    `ValueError: Invalid file descriptor: -1` from its finalizer after a double Ctrl-C), so there a signal is only
-    noted: one that came before the loop's handlers were in place is handed to them (`take`); one after is part of
-    a stop already under way. A second one still exits at once, as a second Ctrl-C does during the run."""
-
-    def __init__(self) -> None:
-        self.pending: list[str] = []
-        self._saved: dict[int, Any] = {}
-
-    def __enter__(self) -> _Latch:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved[sig] = signal.signal(sig, self._note)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.pending.append(signal.Signals(signum).name)
-        if len(self.pending) > 1:
-            os._exit(EXIT_INTERRUPTED)
-
-    def take(self) -> list[str]:
-        """The signals noted so far, now handed on."""
-        taken, self.pending = self.pending, []
-        return taken
-
-    def rearm(self, handled: int) -> None:
-        """Note signals again, after the loop has given SIGINT back to Python's KeyboardInterrupt; after `handled`
-        signals the loop already took, the next one is a second signal."""
-        self.pending = ["handled by the run"] if handled else []
-        for sig in self._saved:
-            signal.signal(sig, self._note)
-
-
-async def _drive(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog,
-                 stats: RunStats, console: Console, latch: _Latch) -> _Outcome:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    supervisor: Supervisor | None = None
-    interrupts = 0
-    stopping = False  # the items are settled (or the run has failed) and the server is being stopped
-
-    def on_signal(name: str) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            with contextlib.suppress(RunDirWriteError):
-                events.emit("interrupted", signal=name, while_stopping=stopping)
-            if stopping:
-                # The run's work is over: let the stop finish, so a complete run still ends as complete.
-                console.print(f"\n{name}: already stopping the server (again to kill it at once)", highlight=False)
-                return
-            console.print(f"\n{name}: stopping (again to exit at once)", highlight=False)
-            main.cancel()
-            return
-        # Second signal: no more waiting, but still no orphans and nothing written lost.
-        if supervisor is not None:
-            supervisor.kill_now()
-        with contextlib.suppress(RunDirWriteError):
-            checkpoint.flush(wait=SECOND_SIGNAL_FLUSH_S)
-        os._exit(EXIT_INTERRUPTED)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+async def _drive(run: _Open, console: Console, handle: RunHandle, interrupt: _Interrupt) -> _Outcome:
+    config, info, checkpoint, stats = run.config, run.info, run.checkpoint, run.stats
     items = _Items(config, info)
     display = asyncio.create_task(live(stats, console), name="progress")
     try:
-        for name in latch.take():
-            on_signal(name)
-        await asyncio.sleep(0)  # where a signal noted before the handlers were in place cancels this task
-        if not items.all_settled(checkpoint):
-            connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                key = api_key()
-                supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
-                activity = Activity()
-                client = Client(session, supervisor.base_url, config.model, config.sampling, activity,
-                                api_key=key)
-                scheduler = Scheduler(config, iter(items), checkpoint, events, supervisor, client, activity, stats)
-                metrics = asyncio.create_task(poll(session, lambda: supervisor.base_url, stats.metrics, activity,
-                                                   config.metrics_interval), name="metrics")
-                try:
-                    await supervisor.start()
-                    await scheduler.run()
-                finally:
-                    stopping = True
-                    metrics.cancel()
-                    await asyncio.gather(metrics, return_exceptions=True)
-                    try:
-                        await supervisor.stop()
-                    finally:
-                        supervisor.close()
-        stopping = True
-    except asyncio.CancelledError:
-        if interrupts == 0:
-            raise
-        main.uncancel()
+        if not await in_thread(items.all_settled, checkpoint):  # it may read the whole dataset
+            await _serve(run, items, handle, interrupt)
+    except asyncio.CancelledError as exc:
+        interrupt.note(exc, stopping=handle.stopping)
         # An interrupt as the last items settled (the scheduler winding down) leaves nothing to resume.
         if items.changed is None and items.all_settled(checkpoint):
-            return _Outcome(EXIT_OK)
-        return _Outcome(EXIT_INTERRUPTED, "interrupted")
+            return _Outcome("complete")
+        return _Outcome("interrupted", "interrupted")
     except (PortInUse, ServerRefusesRun) as exc:
         # The user's choice of port or of --max-tokens, refused at the first start, is bad usage; met at a
         # relaunch (the port taken meanwhile), it is server trouble like any relaunch that fails.
-        return _Outcome(EXIT_USAGE if stats.restarts == 0 else EXIT_SERVER, str(exc))
+        return _Outcome("server_refused" if stats.restarts == 0 else "server_failed", str(exc))
     except (ServerStartError, RestartBudgetExhausted) as exc:
-        return _Outcome(EXIT_SERVER, str(exc))
+        return _Outcome("server_failed", str(exc))
     except RunDirWriteError as exc:
-        return _Outcome(EXIT_IO, str(exc))
+        return _Outcome("run_dir_unwritable", str(exc))
     except BaseExceptionGroup as group:
         # A write that failed inside the scheduler's TaskGroup (the flusher, an event) arrives wrapped.
         failed = group.subgroup(RunDirWriteError)
         if failed is None:
             raise
-        return _Outcome(EXIT_IO, str(_first(failed)))
+        return _Outcome("run_dir_unwritable", str(_first(failed)))
     finally:
         display.cancel()
-        await asyncio.gather(display, return_exceptions=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        latch.rearm(interrupts)
+        await to_the_end(asyncio.gather(display, return_exceptions=True), interrupt.keep)
     if items.changed is not None:
-        return _Outcome(EXIT_USAGE, f"{items.changed}; the items read before the change are kept. Restore the "
-                                    "file and resume, or resume with --force to continue with the new one")
-    return _Outcome(EXIT_OK)
+        return _Outcome("dataset_changed", f"{items.changed}; the items read before the change are kept. Restore "
+                                           "the file and resume, or resume with --force to continue with the new one")
+    return _Outcome("complete")
+
+
+async def _serve(run: _Open, items: _Items, handle: RunHandle, interrupt: _Interrupt) -> None:
+    """The server and the scheduler, until every item is settled (or the run stops); the server is stopped at the
+    end whatever happens, to its end even through a cancellation (a half-stopped server is an orphan)."""
+    config, checkpoint, events, stats = run.config, run.checkpoint, run.events, run.stats
+    connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        key = api_key()
+        supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
+        handle.attach(supervisor=supervisor)
+        activity = Activity()
+        client = Client(session, supervisor.base_url, config.model, config.sampling, activity, api_key=key)
+        scheduler = Scheduler(config, iter(items), checkpoint, events, supervisor, client, activity, stats)
+        metrics = asyncio.create_task(poll(session, lambda: supervisor.base_url, stats.metrics, activity,
+                                           config.metrics_interval), name="metrics")
+        try:
+            await supervisor.start()
+            await scheduler.run()
+        except asyncio.CancelledError as exc:
+            interrupt.note(exc, stopping=False)
+            raise
+        finally:
+            # The run's work is over: a cancellation from here on lets the stop finish, so that a complete run
+            # still ends as complete (and a second Ctrl-C is the command line's kill_servers_now).
+            handle.begin_stopping()
+            await to_the_end(_wind_down(metrics, supervisor), functools.partial(interrupt.note, stopping=True))
+
+
+async def _wind_down(metrics: asyncio.Task[None], supervisor: Supervisor) -> None:
+    metrics.cancel()
+    await asyncio.gather(metrics, return_exceptions=True)
+    try:
+        await supervisor.stop()
+    finally:
+        supervisor.close()
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
@@ -474,43 +392,58 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _finish(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
-            outcome: _Outcome, console: Console) -> int:
+def _close_and_finish(run: _Open, outcome: _Outcome, out: _Output) -> RunResult:
+    """Close the checkpoint and write the run's ending. In a worker thread (generation.jsonl of a million items
+    takes a while); the event log is closed at the end."""
+    try:
+        run.checkpoint.close()
+    except RunDirWriteError as exc:
+        outcome = _Outcome("run_dir_unwritable", str(exc))
+    return _finish(run, outcome, out)
+
+
+def _finish(run: _Open, outcome: _Outcome, out: _Output) -> RunResult:
+    config, stats, events, console = run.config, run.stats, run.events, out.console
     try:
         console.print(summary_table(stats, f"hallurun {config.task} · {config.model}"))
         console.print(progress_line(stats), highlight=False)
-        if outcome.code == EXIT_OK:
-            outcome = _complete(config, info, checkpoint, events, stats, console)
-        if outcome.code in (EXIT_OK, EXIT_FAILED_ITEMS):
-            return outcome.code
-        resume_hint = f"resume with: {resume_command(config.run_dir)}"
-        if outcome.code == EXIT_INTERRUPTED:
-            console.print(f"interrupted; {resume_hint}", highlight=False)
-            return EXIT_INTERRUPTED
-        with contextlib.suppress(RunDirWriteError):  # the disk may be the trouble; the message below still goes
-            events.emit("run_aborted", reason=outcome.message.splitlines()[0], exit_code=outcome.code)
-        if outcome.code == EXIT_IO:
-            resume_hint = f"nothing already written is lost; make room, then {resume_hint}"
-        errors = Console(stderr=True, soft_wrap=True)
-        errors.print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
-        return outcome.code
+        if outcome.status == "complete":
+            outcome = _complete(run, console)
+        if outcome.status not in ("complete", "failed_items"):
+            _say_why(run, outcome, out)
+        return RunResult(config.run_dir, outcome.status, total=run.info.count, done=len(run.checkpoint.done),
+                         failed=len(run.checkpoint.failed), restarts=stats.restarts, message=outcome.message)
     finally:
         events.close()
 
 
-def _complete(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, events: EventLog, stats: RunStats,
-              console: Console) -> _Outcome:
+def _say_why(run: _Open, outcome: _Outcome, out: _Output) -> None:
+    """A run that stopped before it finished: the resume command, and the error line."""
+    resume_hint = f"resume with: {resume_command(run.config.run_dir)}"
+    if outcome.status == "interrupted":
+        out.console.print(f"interrupted; {resume_hint}", highlight=False)
+        return
+    code = RunResult(run.config.run_dir, outcome.status, 0, 0, 0).exit_code
+    with contextlib.suppress(RunDirWriteError):  # the disk may be the trouble; the message below still goes
+        run.events.emit("run_aborted", reason=outcome.message.splitlines()[0], exit_code=code)
+    if outcome.status == "run_dir_unwritable":
+        resume_hint = f"nothing already written is lost; make room, then {resume_hint}"
+    out.errors.print(f"error: {outcome.message}\n{resume_hint}", highlight=False, markup=False)
+
+
+def _complete(run: _Open, console: Console) -> _Outcome:
     """Every item is settled: write generation.jsonl and say how the run ended."""
+    config, info, checkpoint, events, stats = run.config, run.info, run.checkpoint, run.events, run.stats
     try:
         written, mismatched = write_generation(config, info, config.run_dir / GENERATION)
-        code = EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK
-        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed), exit_code=code,
-                    retries=stats.retries, resent=stats.resent, generation_written=written,
-                    generation_mismatched=mismatched)
+        status: Status = "failed_items" if checkpoint.failed else "complete"
+        events.emit("run_finished", done=len(checkpoint.done), failed=len(checkpoint.failed),
+                    exit_code=EXIT_FAILED_ITEMS if checkpoint.failed else EXIT_OK, retries=stats.retries,
+                    resent=stats.resent, generation_written=written, generation_mismatched=mismatched)
     except DatasetChanged as exc:
-        return _Outcome(EXIT_USAGE, f"{exc}; {GENERATION} was not written. Restore the file and resume")
+        return _Outcome("dataset_changed", f"{exc}; {GENERATION} was not written. Restore the file and resume")
     except RunDirWriteError as exc:
-        return _Outcome(EXIT_IO, str(exc))
+        return _Outcome("run_dir_unwritable", str(exc))
     if mismatched:
         console.print(f"{mismatched} answer(s) were given to an earlier version of their question (the dataset "
                       f"changed under --force); they are left out of {GENERATION}", highlight=False)
@@ -521,7 +454,7 @@ def _complete(config: RunConfig, info: DatasetInfo, checkpoint: Checkpoint, even
             console.print(f"  {item_id}: {reason}", highlight=False, markup=False)
         console.print(f"retry them with: {resume_command(config.run_dir)} --retry-failed", highlight=False)
     console.print(f"results: {config.run_dir / 'results.jsonl'}", highlight=False)
-    return _Outcome(code)
+    return _Outcome(status)
 
 
 def write_generation(config: RunConfig, info: DatasetInfo, path: Path) -> tuple[int, int]:

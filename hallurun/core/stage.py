@@ -13,7 +13,7 @@ the same job again continues each stage where it stopped and never asks for an i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,14 @@ import orjson
 from rich.console import Console
 
 from hallurun import config as run_config
+from hallurun.config import RunOptions, Sampling, ServerSpec
 from hallurun.core import runner
-from hallurun.errors import UsageError
+from hallurun.core.handle import RunHandle
+from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from hallurun.store import manifest
 from hallurun.store.checkpoint import FAILURES, read_records
 from hallurun.store.dataset import DatasetError, scan
 from hallurun.store.durable import write_atomic
-from hallurun.tasks.registry import Task
 
 
 class StageError(UsageError):
@@ -37,12 +38,39 @@ class StageError(UsageError):
 
 @dataclass(frozen=True)
 class Settings:
-    """What every stage of one job shares: the model, the server, and the operational options."""
+    """What every stage of one job shares: the model, the server, and the operational options.
+
+    `server` and `operational` are typed (`ServerSpec`, `RunOptions`); a mapping of the same names is taken too
+    and turned into them here, so that a misspelt name is a TypeError where the settings are made (the eval
+    judge and `hallurun generate` still pass mappings until integration). None, or None values in a mapping:
+    not given.
+    """
 
     model: str
-    server: dict[str, Any] = field(default_factory=dict)  # config.build's `server` dict
-    operational: dict[str, Any] = field(default_factory=dict)  # config.build's `operational` dict
+    server: ServerSpec | Mapping[str, Any] | None = field(default_factory=ServerSpec)
+    operational: RunOptions | Mapping[str, Any] | None = field(default_factory=RunOptions)
     retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.server, ServerSpec):
+            given = {k: v for k, v in (self.server or {}).items() if v is not None}
+            if "args" in given:
+                given["args"] = tuple(given["args"])
+            object.__setattr__(self, "server", ServerSpec(**given))
+        if not isinstance(self.operational, RunOptions):
+            object.__setattr__(self, "operational", RunOptions(**dict(self.operational or {})))
+
+    @property
+    def server_spec(self) -> ServerSpec:
+        """The server, typed (as it always is after construction)."""
+        assert isinstance(self.server, ServerSpec)
+        return self.server
+
+    @property
+    def options(self) -> RunOptions:
+        """The operational options, typed (as they always are after construction)."""
+        assert isinstance(self.operational, RunOptions)
+        return self.operational
 
 
 @dataclass(frozen=True)
@@ -79,40 +107,74 @@ def _finished(cfg: run_config.RunConfig, sha256: str) -> bool:
     except manifest.ManifestError:
         return False
     if saved.get("fingerprint") != manifest.fingerprint(cfg, sha256):
-        return False  # runner.start reports the mismatch
+        return False  # the runner reports the mismatch
     tail = deque(read_records(cfg.run_dir / "events.jsonl"), maxlen=1)
     if not tail or tail[0].get("event") != "run_finished":
         return False
     return not (cfg.retry_failed and any(True for _ in read_records(cfg.run_dir / FAILURES)))
 
 
-def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: dict[str, Any], settings: Settings,
-        console: Console, *, run_dir: Path | None = None) -> Outcome:
-    """Run one stage: write its prompts, run (or continue) it through `runner.start`, read its generations.
-
-    A stage already finished is not run again, so a rerun of a finished job starts no server.
-    Raises StageError, runner.UsageError or config.ConfigError for problems a user must fix.
-    """
+def _prepare(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling | Mapping[str, Any],
+             settings: Settings, console: Console, run_dir: Path | None) -> run_config.RunConfig | Outcome:
+    """Write the stage's prompts and build its run's configuration; an Outcome when there is nothing to run."""
     prompts = folder / "prompts.jsonl"
     run_dir = run_dir or folder / "run"
     if not records:
-        return Outcome(runner.EXIT_OK, {})
+        return Outcome(EXIT_OK, {})
     write_once(prompts, records, run_dir)
-    task = Task(name=name, description=f"hallurun stage {name}", dataset=prompts, defaults=sampling)
-    cfg = run_config.build(task, model=settings.model, run_dir=run_dir, server=settings.server,
-                           operational={**settings.operational, "retry_failed": settings.retry_failed})
+    cfg = run_config.build(task=name, dataset=prompts, model=settings.model, run_dir=run_dir,
+                           sampling=sampling if isinstance(sampling, Sampling) else Sampling(**sampling),
+                           server=settings.server_spec, options=settings.options,
+                           retry_failed=settings.retry_failed)
     try:
         info = scan(prompts)
     except DatasetError as exc:
         raise StageError(str(exc)) from None
     if _finished(cfg, info.sha256):
         console.print(f"{name}: already finished in {cfg.run_dir}", highlight=False)
-        code = runner.EXIT_OK
-    else:
-        code = runner.start(cfg, console)
-    if code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
+        return _read(cfg, EXIT_OK)
+    return cfg
+
+
+def _read(cfg: run_config.RunConfig, code: int) -> Outcome:
+    if code not in (EXIT_OK, EXIT_FAILED_ITEMS):
         return Outcome(code, {})
     generations = {str(r["id"]): str(r.get("generation") or "") for r in read_records(cfg.run_dir / "results.jsonl")}
     failures = {str(r["id"]): f"{r.get('reason', 'failed')}: {r.get('error', '')}".strip()
                 for r in read_records(cfg.run_dir / FAILURES) if str(r.get("id")) not in generations}
-    return Outcome(runner.EXIT_FAILED_ITEMS if failures else runner.EXIT_OK, generations, failures)
+    return Outcome(EXIT_FAILED_ITEMS if failures else EXIT_OK, generations, failures)
+
+
+async def run_async(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling | Mapping[str, Any],
+                    settings: Settings, console: Console, *, run_dir: Path | None = None,
+                    handle: RunHandle | None = None) -> Outcome:
+    """Run one stage: write its prompts, run (or continue) it through the runner, read its generations.
+
+    A stage already finished is not run again, so a rerun of a finished job starts no server. Cancelling it is an
+    interrupt, as for `runner.start_async` (the cancellation is raised after the graceful stop).
+    Raises StageError, UsageError or ConfigError for problems a user must fix.
+    """
+    cfg = _prepare(name, folder, records, sampling, settings, console, run_dir)
+    if isinstance(cfg, Outcome):
+        return cfg
+    result = await runner.start_async(cfg, console=console, handle=handle)
+    return _read(cfg, result.exit_code)
+
+
+def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling | Mapping[str, Any],
+        settings: Settings, console: Console, *, run_dir: Path | None = None) -> Outcome:
+    """`run_async` for the synchronous commands that call it today (`hallurun eval`, `hallurun generate`): the
+    stage runs in an event loop of its own under the command line's signal handling (`hallurun.process`), so a
+    Ctrl-C or SIGTERM stops it gracefully (code 130) and a second one at once, as in `hallurun inference`.
+
+    Transitional: it reaches up to the command line's layer for that, until those commands drive `run_async`
+    under `hallurun.process.run` themselves (integration).
+    """
+    from hallurun import process
+
+    cfg = _prepare(name, folder, records, sampling, settings, console, run_dir)
+    if isinstance(cfg, Outcome):
+        return cfg
+    started = cfg
+    result = process.run(lambda handle: runner.start_async(started, console=console, handle=handle), console)
+    return _read(cfg, EXIT_INTERRUPTED if result is None else result.exit_code)

@@ -1,30 +1,17 @@
-"""What `hallurun eval` prints: rich tables of an evaluation's metrics, its bins, and judge agreement."""
+"""What `hallurun eval` prints: rich tables of an evaluation's metrics, its bins, and judge agreement.
+
+The tables read eval_results.json's fields; which metrics head them is the scoring's `headline`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from hallurun.eval.metrics import BIN_COUNTS
-
-# Each evaluator's headline metrics, in HalluLens' key names and order.
-METRICS = {
-    "precisewikiqa": ("halu_Rate", "refusal_rate", "correct_rate"),
-    "mixedentities": ("refusal_rate", "false_acceptance_rate"),
-    "longwiki": ("precision", "recall@32", "f1@32", "refusal_rate"),
-}
-LABELS = {
-    "halu_Rate": "hallucination rate (of answered)",
-    "refusal_rate": "refusal rate",
-    "correct_rate": "correct rate (of all)",
-    "false_acceptance_rate": "false acceptance rate",
-    "precision": "precision (supported / claims)",
-    "recall@32": "recall@32",
-    "f1@32": "F1@32",
-}
-
+from hallurun.eval.scoring import Column, Results, Scoring
 
 UNDEFINED = "n/a"  # a rate whose denominator is empty: undefined, never shown as 0 %
 
@@ -39,14 +26,15 @@ def judge_label(results: dict[str, Any]) -> str:
     return f"{results['judge']} (approximate)" if results.get("approximate") else str(results["judge"])
 
 
-def metrics_table(results: dict[str, Any]) -> Table:
+def metrics_table(results: Results, headline: Sequence[Column]) -> Table:
+    """The headline metrics, then every count."""
     table = Table(title=f"{results['evaluator']} · {results['model']} · judge: {judge_label(results)}",
                   title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column(style="dim")
-    for key in METRICS[results["evaluator"]]:
-        table.add_row(LABELS.get(key, key), percent(results.get(key)), key)
+    for column in headline:
+        table.add_row(column.label, percent(results.get(column.key)), column.key)
     table.add_section()
     for key, value in results["counts"].items():
         style = "yellow" if key in {"unparseable", "judge_failed", "inference_failed"} and value else None
@@ -54,12 +42,12 @@ def metrics_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def bins_table(results: dict[str, Any]) -> Table | None:
-    key = "by_type" if results["evaluator"] == "mixedentities" else "by_h_score_cat"
-    bins = results.get(key)
-    if not bins:
+def bins_table(results: Results, headline: Sequence[Column], key: str | None) -> Table | None:
+    """The headline metrics per bin (`key`: the results' "by_<bin>" field), None without bins."""
+    bins = results.get(key) if key else None
+    if not bins or key is None:
         return None
-    names = METRICS[results["evaluator"]]
+    names = [column.key for column in headline]
     # The rates' denominators beside them, so an `n/a` shows why (e.g. 0 answered); older results lack them.
     counts = [c for c in BIN_COUNTS if any(c in values for values in bins.values())]
     table = Table(title=f"by {key[3:]}", title_justify="left")
@@ -73,10 +61,10 @@ def bins_table(results: dict[str, Any]) -> Table | None:
     return table
 
 
-def show(results: dict[str, Any], console: Console) -> None:
+def show(results: Results, scoring: Scoring, console: Console) -> None:
     """The evaluation's tables and notes."""
-    console.print(metrics_table(results))
-    bins = bins_table(results)
+    console.print(metrics_table(results, scoring.headline))
+    bins = bins_table(results, scoring.headline, scoring.bins_key)
     if bins is not None:
         console.print(bins)
     counts = results["counts"]
@@ -86,8 +74,9 @@ def show(results: dict[str, Any], console: Console) -> None:
                       "see `problem` in judgments.jsonl[/]")
     if results.get("approximate"):
         console.print(f"[yellow]judge {results['judge']}: {results.get('note', 'approximate')}[/]", highlight=False)
-    if results.get("evidence"):
-        console.print(f"note: {results['evidence']}", highlight=False)
+    for note in scoring.notes:
+        if results.get(note.key):
+            console.print(f"note: {results[note.key]}", highlight=False)
     for name, path in results.get("files", {}).items():
         console.print(f"{name}: {path or 'not drawn (matplotlib is not installed)'}", highlight=False)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hallurun import __version__
-from hallurun.config import RunConfig
+from hallurun.config import RunConfig, ServerSpec, build
 from hallurun.server import launch as engine
 
 DISK_WARN_GIB = 10
@@ -102,6 +102,11 @@ def checks(config: RunConfig) -> Iterator[Check]:
             env = " ".join(f"{k}={v}" for k, v in spec.env.items())
             yield Check("ok", "server command", f"{env} {' '.join(spec.cmd)}".strip())
         yield _vllm(python)
+
+
+def config_for(model: str, server: ServerSpec) -> RunConfig:
+    """The configuration a run of `model` on `server` would have, for the checks (no task, no data)."""
+    return build(task="doctor", dataset=Path("-"), model=model, run_dir=Path("runs"), server=server)
 
 
 STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}

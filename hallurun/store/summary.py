@@ -63,3 +63,18 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "running_pid": pid,
         "last_event": last,
     }
+
+
+def describe(summary: dict[str, Any]) -> list[str]:
+    """`hallurun status`'s lines for a summary from `summarize`: what the run is doing, its counts, its server's
+    trouble and its failures by reason."""
+    state = ("finished" if summary["finished"] else
+             f"running (pid {summary['running_pid']})" if summary["running_pid"] else "stopped")
+    lines = [
+        f"{summary['run_dir']}: {summary['task']} on {summary['model']} — {state}",
+        f"  {summary['done']}/{summary['total']} done, {summary['failed']} failed, {summary['pending']} pending",
+        f"  restarts {summary['restarts']} (wedges {summary['wedges']}, crashes {summary['crashes']}), "
+        f"quarantined {summary['quarantined']}",
+    ]
+    lines += [f"  failed: {reason}: {count}" for reason, count in sorted(summary["failures_by_reason"].items())]
+    return lines

@@ -21,8 +21,6 @@ from typing import Any
 
 import orjson
 
-from hallurun.tasks.registry import tasks_root
-
 KINDS = ("animal", "plant", "bacterium", "medicine")
 TEMPLATES = (
     "What can you tell me about the {type} {name}?",
@@ -47,7 +45,8 @@ class Entity:
 
 
 def default_folder() -> Path:
-    return tasks_root() / "mixedentities"
+    """This task's folder, where the real parts' lists live."""
+    return Path(__file__).resolve().parent
 
 
 def _load(folder: Path, name: str) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""hallurun's Python API: run a task's prompts against a supervised server, exactly once, from Python.
+
+    import hallurun
+    result = hallurun.run("precisewikiqa", model="meta-llama/Llama-3.1-8B-Instruct", run_dir="runs/x")
+    result = await hallurun.run_async(...)      # inside any running event loop
+    result = hallurun.resume("runs/x")
+
+Every call returns a `RunResult` (status, counts, `exit_code`). Problems a user must fix before any work starts
+(an unknown task, a bad option, a malformed dataset line, a run directory held by another hallurun) are raised
+as `UsageError` subclasses. Nothing is printed unless a rich `Console` is given.
+
+The async calls own no signal and never exit the process: cancelling their task is the interrupt. The run stops
+gracefully (the server stopped, every result flushed; the run resumes where it stopped) and the cancellation is
+raised again, as asyncio asks; the interrupted `RunResult` is then on the `RunHandle`, if one was passed. The
+sync calls run the async ones in a new event loop (`asyncio.run`), with asyncio's own Ctrl-C handling: the first
+Ctrl-C cancels the run (a graceful stop) and KeyboardInterrupt is raised once it has stopped. They install no
+SIGTERM handler in the caller's process; `kill -9` or an unhandled SIGTERM still leave no server behind (the
+guardian process reaps it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+
+from hallurun.config import (
+    RunConfig,
+    RunOptions,
+    SamplingOverrides,
+    ServerKind,
+    ServerOptions,
+    ServerSpec,
+    sampling_defaults,
+)
+from hallurun.config import build as build_config
+from hallurun.core import runner
+from hallurun.core.handle import RunHandle
+from hallurun.core.result import RunResult
+from hallurun.tasks import registry
+
+
+def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
+              limit: int | None = None, sampling: SamplingOverrides | None = None,
+              server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None,
+              environ: Mapping[str, str] | None = None) -> RunConfig:
+    """The configuration `run` uses: `task` (a built-in task's name, a task folder or a JSONL file of prompts)
+    with its default sampling and data, and what is given over them. `run_dir` defaults to
+    `runs/<task>-<model>-<timestamp>`; `dataset` replaces a built-in task's data with a file of the same format.
+    HalluLens' ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME are read from `environ` (default: the
+    process's environment) unless `options` gives them. Raises UsageError (TaskError, ConfigError)."""
+    spec = registry.resolve(str(task))
+    return build_config(task=spec.name, dataset=Path(dataset) if dataset is not None else spec.dataset,
+                        evaluator=spec.evaluator, sampling=sampling_defaults(spec.defaults), overrides=sampling,
+                        model=model, run_dir=Path(run_dir) if run_dir is not None else runner.default_run_dir(
+                            spec.name, model), limit=limit, server=server, options=options, environ=environ)
+
+
+async def run_async(task: str | Path, *, model: str, run_dir: str | Path | None = None,
+                    dataset: str | Path | None = None, limit: int | None = None,
+                    sampling: SamplingOverrides | None = None, server: ServerSpec | ServerKind = "vllm",
+                    options: RunOptions | None = None, console: Console | None = None,
+                    handle: RunHandle | None = None) -> RunResult:
+    """Run a task's prompts (see `configure` for the arguments), in the running event loop, to a `RunResult`;
+    a run directory that already holds this run is continued. `server` is "vllm" (launched), "mock" (the
+    fault-injecting mock, launched) or a `ServerSpec` (`ServerSpec(url=...)` for a server you run). `console`
+    shows what the command line shows (progress, summary, resume hint; None: silent). `handle` reaches the run
+    from outside its task, and holds the result of a cancelled one."""
+    config = configure(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit, sampling=sampling,
+                       server=server, options=options)
+    return await runner.start_async(config, console=console, handle=handle)
+
+
+def run(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
+        limit: int | None = None, sampling: SamplingOverrides | None = None,
+        server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None,
+        console: Console | None = None) -> RunResult:
+    """`run_async` in a new event loop, for code that has none running (see the module's note on Ctrl-C)."""
+    return asyncio.run(run_async(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit,
+                                 sampling=sampling, server=server, options=options, console=console))
+
+
+async def resume_async(run_dir: str | Path | None = None, *, options: RunOptions | None = None,
+                       server: ServerOptions | None = None, retry_failed: bool = False, force: bool = False,
+                       console: Console | None = None, handle: RunHandle | None = None) -> RunResult:
+    """Continue a run from its manifest (default: the most recent under runs/). Task, model, sampling and data
+    come from the manifest; `options` and the server's launch settings (`server`: port, python, startup timeout,
+    arguments) may change. `retry_failed` runs the failed items again; `force` continues on a changed dataset."""
+    chosen = Path(run_dir) if run_dir is not None else runner.latest_run()
+    return await runner.resume_async(chosen, options=options, server=server, retry_failed=retry_failed,
+                                     force=force, console=console, handle=handle)
+
+
+def resume(run_dir: str | Path | None = None, *, options: RunOptions | None = None,
+           server: ServerOptions | None = None, retry_failed: bool = False, force: bool = False,
+           console: Console | None = None) -> RunResult:
+    """`resume_async` in a new event loop, for code that has none running."""
+    return asyncio.run(resume_async(run_dir, options=options, server=server, retry_failed=retry_failed,
+                                    force=force, console=console))
