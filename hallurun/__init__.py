@@ -1,6 +1,7 @@
 """hallurun: run LLM prompt batches against a supervised server, exactly once.
 
-The Python API (`hallurun.api`): `run`, `run_async`, `resume`, `resume_async`, returning a `RunResult`; the typed
+The Python API (`hallurun.api`): `run`, `run_async`, `resume`, `resume_async`, returning a `RunResult`, and
+`evaluate`, returning the metrics (`Evaluated`); the typed
 configuration values they take; the error family. They load on first use (PEP 562): `import hallurun` stays cheap
 for the command line and the mock server's process, which start often, and `__version__` never imports aiohttp.
 """
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Evaluated",
     "HallurunError",
     "RunConfig",
     "RunHandle",
@@ -27,6 +29,7 @@ __all__ = [
     "ServerSpec",
     "UsageError",
     "__version__",
+    "evaluate",
     "resume",
     "resume_async",
     "run",
@@ -35,7 +38,8 @@ __all__ = [
 
 # Where each public name lives; read by __getattr__ on first use.
 _HOMES = {
-    "run": "hallurun.api", "run_async": "hallurun.api", "resume": "hallurun.api", "resume_async": "hallurun.api",
+    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api",
+    "Evaluated": "hallurun.eval.evaluate", "resume": "hallurun.api", "resume_async": "hallurun.api",
     "RunResult": "hallurun.core.result", "RunHandle": "hallurun.core.handle",
     "RunConfig": "hallurun.config", "RunOptions": "hallurun.config", "Sampling": "hallurun.config",
     "SamplingOverrides": "hallurun.config", "ServerOptions": "hallurun.config", "ServerSpec": "hallurun.config",
@@ -57,7 +61,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from hallurun.api import resume, resume_async, run, run_async
+    from hallurun.api import evaluate, resume, resume_async, run, run_async
     from hallurun.config import (
         ConfigError,
         RunConfig,
@@ -70,3 +74,4 @@ if TYPE_CHECKING:
     from hallurun.core.handle import RunHandle
     from hallurun.core.result import RunResult
     from hallurun.errors import HallurunError, RunStopped, ServerError, UsageError
+    from hallurun.eval.evaluate import Evaluated

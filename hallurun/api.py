@@ -1,11 +1,13 @@
 """hallurun's Python API: run a task's prompts against a supervised server, exactly once, from Python.
 
     import hallurun
-    result = hallurun.run("precisewikiqa", model="meta-llama/Llama-3.1-8B-Instruct", run_dir="runs/x")
+    result = hallurun.run(task, model="meta-llama/Llama-3.1-8B-Instruct", run_dir="runs/x")  # a task name or folder
     result = await hallurun.run_async(...)      # inside any running event loop
     result = hallurun.resume("runs/x")
+    found = hallurun.evaluate("runs/x")               # the heuristic judge; judge="MODEL" for an LLM judge
 
-Every call returns a `RunResult` (status, counts, `exit_code`). Problems a user must fix before any work starts
+Every run call returns a `RunResult` (status, counts, `exit_code`); `evaluate` returns an `Evaluated` (the
+metrics of each judge, and their agreement). Problems a user must fix before any work starts
 (an unknown task, a bad option, a malformed dataset line, a run directory held by another hallurun) are raised
 as `UsageError` subclasses. Nothing is printed unless a rich `Console` is given.
 
@@ -39,7 +41,16 @@ from hallurun.config import build as build_config
 from hallurun.core import runner
 from hallurun.core.handle import RunHandle
 from hallurun.core.result import RunResult
+from hallurun.core.stage import Executor, in_new_loop
+from hallurun.errors import UsageError
+from hallurun.eval.evaluate import Evaluated, evaluate_run
+from hallurun.eval.model_judge import make_judge
 from hallurun.tasks import registry
+
+
+def latest_run(root: str | Path = "runs") -> Path:
+    """The most recently created run folder under `root`; UsageError when there is none."""
+    return runner.latest_run(Path(root))
 
 
 def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
@@ -58,6 +69,12 @@ def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None
                             spec.name, model), limit=limit, server=server, options=options, environ=environ)
 
 
+async def start_async(config: RunConfig, *, console: Console | None = None,
+                      handle: RunHandle | None = None) -> RunResult:
+    """Run (or continue) the run a `configure`d RunConfig describes, in the running event loop."""
+    return await runner.start_async(config, console=console, handle=handle)
+
+
 async def run_async(task: str | Path, *, model: str, run_dir: str | Path | None = None,
                     dataset: str | Path | None = None, limit: int | None = None,
                     sampling: SamplingOverrides | None = None, server: ServerSpec | ServerKind = "vllm",
@@ -70,7 +87,7 @@ async def run_async(task: str | Path, *, model: str, run_dir: str | Path | None 
     from outside its task, and holds the result of a cancelled one."""
     config = configure(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit, sampling=sampling,
                        server=server, options=options)
-    return await runner.start_async(config, console=console, handle=handle)
+    return await start_async(config, console=console, handle=handle)
 
 
 def run(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
@@ -99,3 +116,32 @@ def resume(run_dir: str | Path | None = None, *, options: RunOptions | None = No
     """`resume_async` in a new event loop, for code that has none running."""
     return asyncio.run(resume_async(run_dir, options=options, server=server, retry_failed=retry_failed,
                                     force=force, console=console))
+
+
+def evaluate(run_dir: str | Path | None = None, *, judge: str | None = None, judge_url: str | None = None,
+             judge_server: ServerSpec | ServerKind = "vllm", compare_judge: str | None = None,
+             evaluator: str | None = None, passages: str | Path | None = None, options: RunOptions | None = None,
+             console: Console | None = None, execute: Executor = in_new_loop) -> Evaluated:
+    """Judge a finished run's answers (default: the most recent run under runs/) as its task scores them, and
+    write RUN_DIR/eval_results.json, RUN_DIR/eval/<judge>/ (judgments, results, the task's chart).
+
+    `judge` is a model (its server launched as `judge_server` says, or the one at `judge_url`), or None /
+    "heuristic" for the offline, approximate judge. `compare_judge` adds a second judge and measures how often the
+    two agree. `evaluator` scores a run of a plain prompt file as a built-in task; `passages` is a task option
+    (claims verified against them). `options` are the judge stages' operational options; `execute` drives each
+    stage's run (the command line passes its signal handling). Returns every judge's metrics
+    (`Evaluated.results`: the first judge's eval_results.json). Raises UsageError subclasses for bad input and
+    RunStopped when a judge stage stopped (run the same call again to continue)."""
+    chosen = Path(run_dir) if run_dir is not None else runner.latest_run()
+    if evaluator is not None and evaluator not in registry.evaluators():
+        raise UsageError(f"--evaluator {evaluator}: unknown; use one of {', '.join(registry.evaluators())}")
+    server = ServerSpec(kind=judge_server) if isinstance(judge_server, str) else judge_server
+    if server.kind == "external" and not (judge_url or server.url):
+        raise UsageError("--judge-server external needs --judge-url")
+    judges = [make_judge(name, judge_url or server.url, server, options or RunOptions(), execute=execute)
+              for name in (judge, *((compare_judge,) if compare_judge else ()))]
+    if len(judges) > 1 and judges[1].name == judges[0].name:
+        raise UsageError(f"--compare-judge {compare_judge} is the judge already given; name a different one")
+    task_options = {"passages": Path(passages)} if passages is not None else {}
+    scoring = registry.scoring_of_run(chosen, evaluator, task_options)
+    return evaluate_run(chosen, scoring, judges, console or Console(quiet=True), options=task_options)

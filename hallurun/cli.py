@@ -15,7 +15,7 @@ import orjson
 
 from hallurun import __version__
 from hallurun.config import Api, RunOptions, ServerKind, ServerOptions
-from hallurun.errors import EXIT_BUG, EXIT_INTERRUPTED
+from hallurun.errors import EXIT_BUG, EXIT_INTERRUPTED, HallurunError
 
 if TYPE_CHECKING:
     from hallurun.core.result import RunResult
@@ -82,8 +82,9 @@ def _exit_with(result: RunResult | None) -> None:
 
 class _Hallurun(click.Group):
     """The command group, with one ending for everything that escapes a command: click's own errors keep their
-    codes, Ctrl-C outside a run is exit 130 (click's default says "Aborted!" with exit 1, which means "done, some
-    items failed"), and an unexpected exception says it is a bug, with exit 70."""
+    codes; hallurun's own errors (`HallurunError`) are one line and their exit code; Ctrl-C outside a run is exit
+    130 (click's default says "Aborted!" with exit 1, which means "done, some items failed"); and anything else
+    is a bug that says so, with the run folder and the traceback, and exit 70."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("standalone_mode", True) is False:
@@ -92,15 +93,38 @@ class _Hallurun(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except Exception:
-            click.echo(f"hallurun: internal error, a bug in hallurun {__version__} (please report it with the "
-                       f"traceback below); nothing already written is lost", err=True)
+        except HallurunError as exc:
+            # An interrupted stage says how to continue; that is no error.
+            click.echo(str(exc) if exc.exit_code == EXIT_INTERRUPTED else f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except Exception as exc:
+            where = next((note for note in getattr(exc, "__notes__", ()) if note.startswith(_RUN_FOLDER)), None)
+            click.echo(f"hallurun: internal error, a bug in hallurun {__version__}; nothing already written is lost"
+                       f"{f' ({where})' if where else ''}. Please report it with the traceback below.", err=True)
             click.echo(traceback.format_exc(), err=True)
             sys.exit(EXIT_BUG)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            run_dir = ctx.meta.get(_RUN_FOLDER)
+            if run_dir is not None and not isinstance(exc, HallurunError | click.ClickException):
+                exc.add_note(f"{_RUN_FOLDER}: {run_dir}")
+            raise
+
+
+_RUN_FOLDER = "run folder"  # the key under which a command notes the run it works on, for a bug's report
+
+
+def _working_on(run_dir: Path) -> Path:
+    """Note the run folder this command works on (a bug's report names it), and return it."""
+    click.get_current_context().meta[_RUN_FOLDER] = run_dir
+    return run_dir
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -123,7 +147,8 @@ def main() -> None:
         help="Replace a built-in task's data with this file of the same format.")
 @option("--limit", type=click.IntRange(min=0), help="Run only the first N items.")
 @option("--model", required=True, help="Model name or path, as the server knows it.")
-@option("--api", type=click.Choice(["chat", "completions"]), help="Chat (one user message) or raw completions.")
+@option("--api", "api_name", type=click.Choice(["chat", "completions"]),
+        help="Chat (one user message) or raw completions.")
 @option("--max-tokens", type=click.IntRange(min=1), help="Default from the task.")
 @option("--temperature", type=float, help="Default from the task.")
 @option("--top-p", type=float, help="Default from the task.")
@@ -136,32 +161,25 @@ def main() -> None:
         help="Run directory. [default: runs/<task>-<model>-<timestamp>]")
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def inference(task: str, dataset: Path | None, limit: int | None, model: str, api: Api | None,
+def inference(task: str, dataset: Path | None, limit: int | None, model: str, api_name: Api | None,
               max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
               server_kind: ServerKind, server_url: str | None, host: str, run_dir: Path | None,
               server_args: tuple[str, ...], **ops: Any) -> None:
     """Run a task's prompts against a supervised server. Arguments after `--` go to the server command."""
     from rich.console import Console
 
-    from hallurun import config, process
-    from hallurun.api import configure
-    from hallurun.core import runner
-    from hallurun.tasks import registry as tasks
+    from hallurun import api, config, process
 
     options, server = _split_operational(ops)
     console = Console(soft_wrap=True)
-    try:
-        cfg = configure(
-            task, model=model, dataset=dataset, limit=limit, run_dir=run_dir, options=options,
-            sampling=config.SamplingOverrides(api=api, max_tokens=max_tokens, temperature=temperature,
-                                              top_p=top_p, seed=seed),
-            server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host,
-                                                 args=tuple(server_args))),
-        )
-        result = process.run(lambda handle: runner.start_async(cfg, console=console, handle=handle), console)
-    except (config.ConfigError, tasks.TaskError, runner.UsageError) as exc:
-        _fail(str(exc))
-    _exit_with(result)
+    cfg = api.configure(
+        task, model=model, dataset=dataset, limit=limit, run_dir=run_dir, options=options,
+        sampling=config.SamplingOverrides(api=api_name, max_tokens=max_tokens, temperature=temperature,
+                                          top_p=top_p, seed=seed),
+        server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host, args=tuple(server_args))),
+    )
+    _working_on(cfg.run_dir)
+    _exit_with(process.run(lambda handle: api.start_async(cfg, console=console, handle=handle), console))
 
 
 @main.command()
@@ -177,22 +195,16 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
 
     from rich.console import Console
 
-    from hallurun import config, process
-    from hallurun.core import runner
-    from hallurun.store import manifest
+    from hallurun import api, process
 
     options, server = _split_operational(ops)
     if server_args:
         server = dataclasses.replace(server, args=tuple(server_args))
     console = Console(soft_wrap=True)
-    try:
-        chosen = run_dir or runner.latest_run()
-        result = process.run(lambda handle: runner.resume_async(
-            chosen, options=options, server=server, retry_failed=retry_failed, force=force, console=console,
-            handle=handle), console)
-    except (config.ConfigError, manifest.ManifestError, runner.UsageError) as exc:
-        _fail(str(exc))
-    _exit_with(result)
+    chosen = _working_on(run_dir or api.latest_run())
+    _exit_with(process.run(lambda handle: api.resume_async(
+        chosen, options=options, server=server, retry_failed=retry_failed, force=force, console=console,
+        handle=handle), console))
 
 
 @main.command()
@@ -200,14 +212,10 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status(run_dir: Path | None, as_json: bool) -> None:
     """Show a run's progress, failures and restarts (default: the most recent run)."""
-    from hallurun.core import runner
-    from hallurun.store import manifest
+    from hallurun import api
     from hallurun.store import summary as run_status
 
-    try:
-        summary = run_status.summarize(run_dir or runner.latest_run())
-    except (manifest.ManifestError, runner.UsageError) as exc:
-        _fail(str(exc))
+    summary = run_status.summarize(_working_on(run_dir or api.latest_run()))
     if as_json:
         click.echo(orjson.dumps(summary).decode())
         return
@@ -235,10 +243,7 @@ def doctor(model: str, server_python: str | None, server_args: tuple[str, ...]) 
     from hallurun import config
     from hallurun.server import doctor
 
-    try:
-        cfg = doctor.config_for(model, config.ServerSpec(kind="vllm", python=server_python, args=tuple(server_args)))
-    except config.ConfigError as exc:
-        _fail(str(exc))
+    cfg = doctor.config_for(model, config.ServerSpec(kind="vllm", python=server_python, args=tuple(server_args)))
     sys.exit(doctor.report(cfg, Console()))
 
 
@@ -318,42 +323,29 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
 @option("--host", default="127.0.0.1", help="Address a launched judge server binds.")
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None, judge_server: str,
+def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None, judge_server: ServerKind,
                  compare_judge: str | None, evaluator: str | None, passages: Path | None, host: str,
                  server_args: tuple[str, ...], **ops: Any) -> None:
     """Judge a finished run's answers (default: the most recent run under runs/) and compute HalluLens' metrics:
     eval_results.json, judgments.jsonl, a table and a chart. Judge stages run like inference, resumably, under
     RUN_DIR/eval/<judge>/. Arguments after `--` go to the judge server's command."""
+    import functools
+
     from rich.console import Console
 
-    from hallurun.core import runner
-    from hallurun.eval import evaluate, model_judge
-    from hallurun.tasks import registry as tasks
+    from hallurun import api, config, process
 
-    operational, server = _split_operational(ops)
-    if judge_server == "external" and not judge_url:
-        _fail("--judge-server external needs --judge-url")
-    if evaluator is not None and evaluator not in tasks.evaluators():
-        _fail(f"--evaluator {evaluator}: unknown; use one of {', '.join(tasks.evaluators())}")
-    spec = {"kind": judge_server, "host": host, "args": tuple(server_args), **server}
-    options = {"passages": passages} if passages is not None else {}
+    options, server = _split_operational(ops)
+    console = Console(soft_wrap=True)
     try:
-        judges = [model_judge.make_judge(judge, judge_url, spec, operational)]
-        if compare_judge:
-            judges.append(model_judge.make_judge(compare_judge, judge_url, spec, operational))
-            if judges[1].name == judges[0].name:
-                _fail(f"--compare-judge {compare_judge} is the judge already given; name a different one")
-        run_dir = run_dir or runner.latest_run()
-        scoring = tasks.scoring_of_run(run_dir, evaluator, options)
-        done = evaluate.evaluate_run(run_dir, scoring, judges, Console(soft_wrap=True), options=options)
-    except runner.UsageError as exc:
-        _fail(str(exc))
-    except evaluate.EvalStopped as exc:
-        click.echo(str(exc) if exc.code == runner.EXIT_INTERRUPTED else f"error: {exc}", err=True)
-        sys.exit(exc.code)
+        done = api.evaluate(
+            _working_on(run_dir or api.latest_run()), judge=judge, judge_url=judge_url, compare_judge=compare_judge,
+            judge_server=server.over(config.ServerSpec(kind=judge_server, host=host, args=tuple(server_args))),
+            evaluator=evaluator, passages=passages, options=options, console=console,
+            execute=functools.partial(process.run, console=console))
     except KeyboardInterrupt:
         click.echo("interrupted; run the same `hallurun eval` command again to continue", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     # Like inference: done, but some judge requests failed (their items are reported, not scored).
     sys.exit(1 if done.judge_failed else 0)
 
@@ -368,13 +360,9 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
     from rich.console import Console
 
     from hallurun.eval import compare
-    from hallurun.eval.errors import EvalError
     from hallurun.tasks import registry as tasks
 
-    try:
-        runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in run_dirs]
-    except EvalError as exc:
-        _fail(str(exc))
+    runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in run_dirs]
     if as_json:
         click.echo(orjson.dumps([r for _, r in runs]).decode())
         return
@@ -407,7 +395,12 @@ def generate(task_name: str | None, docs: Path, model: str, n: int, out: Path | 
     """Build a PreciseWikiQA question file with a generator model: a question per passage, then an
     answerability check. Both stages run supervised and resumable; run the same command again to continue.
     Arguments after `--` go to the server command."""
-    from hallurun.core import runner, stage
+    import functools
+
+    from rich.console import Console
+
+    from hallurun import config, process
+    from hallurun.core import stage
     from hallurun.tasks import registry as tasks
 
     can = tasks.generators()
@@ -419,13 +412,10 @@ def generate(task_name: str | None, docs: Path, model: str, n: int, out: Path | 
     operational, server = _split_operational(ops)
     settings = stage.Settings(
         model=model, retry_failed=retry_failed, operational=operational,
-        server={"kind": server_kind, "url": server_url, "host": host, "args": tuple(server_args), **server},
+        server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host, args=tuple(server_args))),
+        execute=functools.partial(process.run, console=Console(soft_wrap=True)),
     )
-    try:
-        code = can[str(task_name)].run(docs, n, seed, out, settings)
-    except runner.UsageError as exc:
-        _fail(str(exc))
-    sys.exit(code)
+    sys.exit(can[str(task_name)].run(docs, n, seed, out, settings))
 
 
 @main.command("build-entities", context_settings={"show_default": True})

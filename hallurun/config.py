@@ -88,15 +88,6 @@ class ServerOptions:
         """`spec` with what was given here."""
         return dataclasses.replace(spec, **_given(self))
 
-    # Transitional, until `hallurun eval` and `hallurun generate` build a ServerSpec with `over` (integration):
-    # their commands merge these options into a dict (`{"kind": ..., **server}`), which takes a mapping.
-    def keys(self) -> list[str]:
-        """The names of the options given."""
-        return list(_given(self))
-
-    def __getitem__(self, name: str) -> Any:
-        return _given(self)[name]
-
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:

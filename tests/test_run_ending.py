@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from hallurun.cli import main
 from hallurun.core import runner
+from hallurun.errors import EXIT_IO
 from hallurun.store.checkpoint import Checkpoint
 from hallurun.store.dataset import DatasetChanged, iter_items, scan
 from tests.conftest import Hallurun, events, read_jsonl, server_processes, wait_until, write_dataset
@@ -120,7 +121,7 @@ def test_a_full_disk_stops_the_run_with_its_own_code_whole_lines_and_a_resume_th
     proc = subprocess.run(hallurun.cmd(*args),
                           cwd=hallurun.cwd, env=hallurun.env, capture_output=True, text=True, timeout=120,
                           preexec_fn=_file_size_limit(24_000))
-    assert proc.returncode == runner.EXIT_IO, proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_IO, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "results.jsonl" in errors[0] and "File too large" in errors[0], proc.stderr
@@ -252,9 +253,13 @@ def test_an_unexpected_exception_says_it_is_a_bug_and_exits_70(monkeypatch: pyte
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(runner, "start_async", broken)
-    result = CliRunner().invoke(main, ["inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m"])
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m",
+                                       "--run-dir", str(run_dir)])
     assert result.exit_code == 70
     assert "internal error, a bug in hallurun" in result.output and "ZeroDivisionError" in result.output
+    # The report names the run the bug met, and asks for the report.
+    assert f"run folder: {run_dir}" in result.output and "Please report it" in result.output
 
 
 def test_as_pid_1_a_sigterm_before_the_run_installs_its_handlers_still_stops_hallurun(

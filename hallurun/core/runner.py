@@ -39,15 +39,7 @@ from hallurun.core.progress import live, progress_line, summary_table
 from hallurun.core.result import RunResult, Status
 from hallurun.core.scheduler import RestartBudgetExhausted, Scheduler
 from hallurun.core.uncancellable import in_thread, to_the_end
-from hallurun.errors import (  # noqa: F401  (the exit codes are read from here by eval/ and tasks/)
-    EXIT_FAILED_ITEMS,
-    EXIT_INTERRUPTED,
-    EXIT_IO,
-    EXIT_OK,
-    EXIT_SERVER,
-    EXIT_USAGE,
-    UsageError,
-)
+from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_OK, UsageError
 from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor
 from hallurun.store import manifest
 from hallurun.store.checkpoint import Checkpoint

@@ -12,8 +12,9 @@ the same job again continues each stage where it stopped and never asks for an i
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from hallurun import config as run_config
 from hallurun.config import RunOptions, Sampling, ServerSpec
 from hallurun.core import runner
 from hallurun.core.handle import RunHandle
-from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from hallurun.core.result import RunResult
+from hallurun.errors import EXIT_INTERRUPTED, RunStopped, UsageError
 from hallurun.store import manifest
 from hallurun.store.checkpoint import FAILURES, read_records
 from hallurun.store.dataset import DatasetError, scan
@@ -36,48 +38,33 @@ class StageError(UsageError):
     """A stage's work folder holds something else than this job would write there (exit code 2)."""
 
 
+# How a stage's run is driven to its end: given the run's coroutine (for a fresh RunHandle), drive it and return its
+# result, or None when it was interrupted before it began. The command line passes `hallurun.process.run`, which
+# adds its signal handling; the library's default is a plain event loop of its own.
+Executor = Callable[[Callable[[RunHandle], Coroutine[Any, Any, RunResult]]], RunResult | None]
+
+
+def in_new_loop(main: Callable[[RunHandle], Coroutine[Any, Any, RunResult]]) -> RunResult | None:
+    """Drive a stage's run in an event loop of its own, with asyncio's own Ctrl-C handling."""
+    return asyncio.run(main(RunHandle()))
+
+
 @dataclass(frozen=True)
 class Settings:
-    """What every stage of one job shares: the model, the server, and the operational options.
-
-    `server` and `operational` are typed (`ServerSpec`, `RunOptions`); a mapping of the same names is taken too
-    and turned into them here, so that a misspelt name is a TypeError where the settings are made (the eval
-    judge and `hallurun generate` still pass mappings until integration). None, or None values in a mapping:
-    not given.
-    """
+    """What every stage of one job shares: the model, the server, the operational options, and how each stage's
+    run is driven (`execute`)."""
 
     model: str
-    server: ServerSpec | Mapping[str, Any] | None = field(default_factory=ServerSpec)
-    operational: RunOptions | Mapping[str, Any] | None = field(default_factory=RunOptions)
+    server: ServerSpec = field(default_factory=ServerSpec)
+    operational: RunOptions = field(default_factory=RunOptions)
     retry_failed: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.server, ServerSpec):
-            given = {k: v for k, v in (self.server or {}).items() if v is not None}
-            if "args" in given:
-                given["args"] = tuple(given["args"])
-            object.__setattr__(self, "server", ServerSpec(**given))
-        if not isinstance(self.operational, RunOptions):
-            object.__setattr__(self, "operational", RunOptions(**dict(self.operational or {})))
-
-    @property
-    def server_spec(self) -> ServerSpec:
-        """The server, typed (as it always is after construction)."""
-        assert isinstance(self.server, ServerSpec)
-        return self.server
-
-    @property
-    def options(self) -> RunOptions:
-        """The operational options, typed (as they always are after construction)."""
-        assert isinstance(self.operational, RunOptions)
-        return self.operational
+    execute: Executor = in_new_loop
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished stage: its exit code, the generation for every item that got one, and why others failed."""
+    """A finished stage: the generation for every item that got one, and why the others failed."""
 
-    code: int
     generations: dict[str, str]
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -114,17 +101,16 @@ def _finished(cfg: run_config.RunConfig, sha256: str) -> bool:
     return not (cfg.retry_failed and any(True for _ in read_records(cfg.run_dir / FAILURES)))
 
 
-def _prepare(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling | Mapping[str, Any],
+def _prepare(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling,
              settings: Settings, console: Console, run_dir: Path | None) -> run_config.RunConfig | Outcome:
     """Write the stage's prompts and build its run's configuration; an Outcome when there is nothing to run."""
     prompts = folder / "prompts.jsonl"
     run_dir = run_dir or folder / "run"
     if not records:
-        return Outcome(EXIT_OK, {})
+        return Outcome({})
     write_once(prompts, records, run_dir)
     cfg = run_config.build(task=name, dataset=prompts, model=settings.model, run_dir=run_dir,
-                           sampling=sampling if isinstance(sampling, Sampling) else Sampling(**sampling),
-                           server=settings.server_spec, options=settings.options,
+                           sampling=sampling, server=settings.server, options=settings.operational,
                            retry_failed=settings.retry_failed)
     try:
         info = scan(prompts)
@@ -132,20 +118,25 @@ def _prepare(name: str, folder: Path, records: list[dict[str, Any]], sampling: S
         raise StageError(str(exc)) from None
     if _finished(cfg, info.sha256):
         console.print(f"{name}: already finished in {cfg.run_dir}", highlight=False)
-        return _read(cfg, EXIT_OK)
+        return _read(cfg, RunResult(cfg.run_dir, "complete", 0, 0, 0))
     return cfg
 
 
-def _read(cfg: run_config.RunConfig, code: int) -> Outcome:
-    if code not in (EXIT_OK, EXIT_FAILED_ITEMS):
-        return Outcome(code, {})
+def _read(cfg: run_config.RunConfig, result: RunResult | None) -> Outcome:
+    """The stage's generations and failures, once its run has settled every item; RunStopped when it has not
+    (server trouble: 3, interrupted: 130, a run folder that cannot be written: 74), to be continued by running
+    the same job again."""
+    if result is None:
+        raise RunStopped(EXIT_INTERRUPTED, f"interrupted before stage {cfg.task} began")
+    if not result.ok:
+        raise RunStopped(result.exit_code, result.message or result.status.replace("_", " "))
     generations = {str(r["id"]): str(r.get("generation") or "") for r in read_records(cfg.run_dir / "results.jsonl")}
     failures = {str(r["id"]): f"{r.get('reason', 'failed')}: {r.get('error', '')}".strip()
                 for r in read_records(cfg.run_dir / FAILURES) if str(r.get("id")) not in generations}
-    return Outcome(EXIT_FAILED_ITEMS if failures else EXIT_OK, generations, failures)
+    return Outcome(generations, failures)
 
 
-async def run_async(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling | Mapping[str, Any],
+async def run_async(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling,
                     settings: Settings, console: Console, *, run_dir: Path | None = None,
                     handle: RunHandle | None = None) -> Outcome:
     """Run one stage: write its prompts, run (or continue) it through the runner, read its generations.
@@ -157,24 +148,16 @@ async def run_async(name: str, folder: Path, records: list[dict[str, Any]], samp
     cfg = _prepare(name, folder, records, sampling, settings, console, run_dir)
     if isinstance(cfg, Outcome):
         return cfg
-    result = await runner.start_async(cfg, console=console, handle=handle)
-    return _read(cfg, result.exit_code)
+    return _read(cfg, await runner.start_async(cfg, console=console, handle=handle))
 
 
-def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling | Mapping[str, Any],
-        settings: Settings, console: Console, *, run_dir: Path | None = None) -> Outcome:
-    """`run_async` for the synchronous commands that call it today (`hallurun eval`, `hallurun generate`): the
-    stage runs in an event loop of its own under the command line's signal handling (`hallurun.process`), so a
-    Ctrl-C or SIGTERM stops it gracefully (code 130) and a second one at once, as in `hallurun inference`.
-
-    Transitional: it reaches up to the command line's layer for that, until those commands drive `run_async`
-    under `hallurun.process.run` themselves (integration).
-    """
-    from hallurun import process
-
+def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling, settings: Settings,
+        console: Console, *, run_dir: Path | None = None) -> Outcome:
+    """`run_async` for synchronous jobs (`hallurun eval`, `hallurun generate`): the stage's run is driven by
+    `settings.execute`, an event loop of its own (the command line's comes with its signal handling, so a Ctrl-C
+    or SIGTERM stops the stage gracefully, code 130, and a second one at once, as in `hallurun inference`)."""
     cfg = _prepare(name, folder, records, sampling, settings, console, run_dir)
     if isinstance(cfg, Outcome):
         return cfg
     started = cfg
-    result = process.run(lambda handle: runner.start_async(started, console=console, handle=handle), console)
-    return _read(cfg, EXIT_INTERRUPTED if result is None else result.exit_code)
+    return _read(cfg, settings.execute(lambda handle: runner.start_async(started, console=console, handle=handle)))

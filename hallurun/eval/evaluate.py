@@ -49,6 +49,11 @@ class Evaluated:
     agreements: list[dict[str, Any]]
 
     @property
+    def results(self) -> Results:
+        """The first (primary) judge's results: what RUN_DIR/eval_results.json holds."""
+        return self.evaluations[0].results
+
+    @property
     def judge_failed(self) -> bool:
         """True when some judge request failed (its items are reported, not scored)."""
         return any(e.results["counts"]["judge_failed"] for e in self.evaluations)

@@ -15,15 +15,17 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 from rich.console import Console
 
-from hallurun.core import runner
+from hallurun.config import RunOptions, Sampling, ServerSpec
 from hallurun.core import stage as run_stage
+from hallurun.core.stage import Executor, in_new_loop
+from hallurun.errors import EXIT_INTERRUPTED, RunStopped
 from hallurun.eval.errors import EvalError, EvalStopped
 from hallurun.eval.judge import HEURISTIC, HeuristicJudge, Judge
 from hallurun.eval.metrics import JUDGE_FAILED, UNPARSEABLE
@@ -32,18 +34,14 @@ from hallurun.eval.question import Question, Verdict, retry_prompt
 In = TypeVar("In")
 V = TypeVar("V")
 
-# What `stage.Settings` takes for the judge's server and operational options; passed through, never read here.
-ServerOptions = Any
-OperationalOptions = Any
-
-
 @dataclass(frozen=True)
 class ModelJudge:
     """A judge model served by a launched or external server; `bind` gives it its folder for one evaluation."""
 
     model: str
-    server: ServerOptions = None  # for stage.Settings(server=...)
-    operational: OperationalOptions = None  # for stage.Settings(operational=...)
+    server: ServerSpec = field(default_factory=ServerSpec)
+    operational: RunOptions = field(default_factory=RunOptions)
+    execute: Executor = in_new_loop  # how each stage's run is driven (the command line adds its signal handling)
     folder: Path | None = None  # RUN_DIR/eval/<judge>/, set by bind
     label: str = "judge"  # the scoring's name: stage runs are named <label>-judge-<stage>
     console: Console | None = None
@@ -95,8 +93,9 @@ class ModelJudge:
         if self.folder is None or self.console is None:
             raise RuntimeError("ModelJudge.ask before bind: it has no folder to run its stages in")
         stage_dir = self.folder / stage
-        settings = run_stage.Settings(model=self.model, server=self.server, operational=self.operational)
-        sampling = {"api": "chat", "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0}
+        settings = run_stage.Settings(model=self.model, server=self.server, operational=self.operational,
+                                      execute=self.execute)
+        sampling = Sampling(api="chat", max_tokens=max_tokens, temperature=0.0, top_p=1.0)
         records = [{"id": item_id, "prompt": prompt} for item_id, prompt in prompts.items()]
         if records:
             self.console.print(f"[bold]judge stage {stage}[/]: {len(prompts)} prompt(s) to {self.model}")
@@ -105,23 +104,27 @@ class ModelJudge:
                                     self.console, run_dir=stage_dir)
         except run_stage.StageError as exc:
             raise EvalError(f"{exc} (the run's answers or an earlier stage changed since)") from None
-        if outcome.code == runner.EXIT_INTERRUPTED:
-            raise EvalStopped(outcome.code, f"interrupted in judge stage {stage}; run the same `hallurun eval` "
-                                            "command again to continue where it stopped")
-        if outcome.code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
-            raise EvalStopped(outcome.code, f"judge stage {stage} stopped (exit {outcome.code}, see "
-                                            f"{stage_dir}/server.log); run the same `hallurun eval` command again")
+        except RunStopped as exc:
+            if exc.exit_code == EXIT_INTERRUPTED:
+                raise EvalStopped(exc.exit_code, f"interrupted in judge stage {stage}; run the same `hallurun eval` "
+                                                 "command again to continue where it stopped") from None
+            raise EvalStopped(exc.exit_code, f"judge stage {stage} stopped ({exc}; exit {exc.exit_code}, see "
+                                             f"{stage_dir}/server.log); run the same `hallurun eval` command again"
+                              ) from None
         return outcome.generations, outcome.failures
 
 
-def make_judge(model: str | None, url: str | None, server: ServerOptions, operational: OperationalOptions) -> Judge:
+def make_judge(model: str | None, url: str | None, server: ServerSpec, operational: RunOptions, *,
+               execute: Executor = in_new_loop) -> Judge:
     """A judge from the CLI's options. No model and no URL: the heuristic. A URL without a model: the first
-    model the server lists. `server` is a mapping of the judge server's options; the URL is added to it."""
+    model the server lists. `server` is how the judge's server is launched; a URL makes it that external one."""
     if model == HEURISTIC or (model is None and url is None):
         return HeuristicJudge()
     if model is None:
         model = served_model(str(url))
-    return ModelJudge(model, server={**server, "url": url}, operational=operational)
+    if url is not None:
+        server = dataclasses.replace(server, kind="external", url=url)
+    return ModelJudge(model, server=server, operational=operational, execute=execute)
 
 
 def served_model(url: str) -> str:

@@ -25,8 +25,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from hallurun.core import runner, stage
-from hallurun.errors import UsageError
+from hallurun.config import Sampling
+from hallurun.core import stage
+from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_OK, RunStopped, UsageError
 from hallurun.store.durable import write_atomic
 from hallurun.store.jsonl import JsonlError, read_objects
 from hallurun.tasks.precisewikiqa import qgen
@@ -35,8 +36,8 @@ from hallurun.tasks.precisewikiqa.passages import passages
 BINS = tuple(range(10))
 PASSAGE_TOKENS = (200, 500)
 # The generator answers deterministically; a question needs room for some preamble, a verdict very little.
-QUESTION_SAMPLING = {"api": "chat", "max_tokens": 512, "temperature": 0.0, "top_p": 1.0}
-CHECK_SAMPLING = {"api": "chat", "max_tokens": 32, "temperature": 0.0, "top_p": 1.0}
+QUESTION_SAMPLING = Sampling(api="chat", max_tokens=512, temperature=0.0, top_p=1.0)
+CHECK_SAMPLING = Sampling(api="chat", max_tokens=32, temperature=0.0, top_p=1.0)
 OUTPUT_FIELDS = ("id", "title", "h_score_cat", "pageid", "revid", "description", "categories", "reference",
                  "prompt", "answer")
 
@@ -183,8 +184,9 @@ def work_folder(out: Path) -> Path:
 
 def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Settings,
              console: Console | None = None) -> int:
-    """Build the question file at `out`; returns the exit code (0, 1 when requests failed or nothing was kept,
-    or the stage's 2/3/130). Raises GenerateError, stage.StageError, runner.UsageError for bad usage."""
+    """Build the question file at `out`; returns the exit code (0, or 1 when requests failed or nothing was
+    kept). Raises UsageError subclasses (GenerateError, stage.StageError, ...) for bad usage and RunStopped when
+    a stage stopped before it finished (the same command continues it)."""
     console = console or Console(soft_wrap=True)
     if n < 1:
         raise GenerateError("--n must be at least 1")
@@ -196,10 +198,8 @@ def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Sett
         console.print("[yellow]too few passages of 200–500 tokens for bins " + ", ".join(
             f"{b} ({counts[b].picked}/{counts[b].wanted})" for b in short) + "[/yellow]")
 
-    asked = stage.run("precisewikiqa-questions", work / "questions", _question_records(picks), QUESTION_SAMPLING,
-                      settings, console)
-    if asked.code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
-        return _stopped(asked.code, console)
+    asked = _stage("precisewikiqa-questions", work / "questions", _question_records(picks), QUESTION_SAMPLING,
+                   settings, console)
     drafted: list[tuple[Pick, qgen.QA]] = []
     for pick in picks:
         tally = counts[pick.doc.h_score_cat]
@@ -215,10 +215,8 @@ def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Sett
 
     checks = [{"id": p.id, "prompt": qgen.check_request(p.doc.title, p.passage, qa.question, qa.answer),
                "title": p.doc.title, "h_score_cat": p.doc.h_score_cat} for p, qa in drafted]
-    checked = stage.run("precisewikiqa-answerability", work / "answerability", checks, CHECK_SAMPLING, settings,
-                        console)
-    if checked.code not in (runner.EXIT_OK, runner.EXIT_FAILED_ITEMS):
-        return _stopped(checked.code, console)
+    checked = _stage("precisewikiqa-answerability", work / "answerability", checks, CHECK_SAMPLING, settings,
+                     console)
     kept: list[dict[str, Any]] = []
     for pick, qa in drafted:
         tally = counts[pick.doc.h_score_cat]
@@ -244,14 +242,18 @@ def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Sett
                   highlight=False)
     if not kept:
         console.print("[red]no question survived; see the stage results under " + str(work) + "[/red]")
-        return runner.EXIT_FAILED_ITEMS
-    return runner.EXIT_FAILED_ITEMS if asked.failed or checked.failed else runner.EXIT_OK
+        return EXIT_FAILED_ITEMS
+    return EXIT_FAILED_ITEMS if asked.failed or checked.failed else EXIT_OK
 
 
-def _stopped(code: int, console: Console) -> int:
-    console.print("generation stopped; run the same `hallurun generate` command again to continue",
-                  highlight=False)
-    return code
+def _stage(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling, settings: stage.Settings,
+           console: Console) -> stage.Outcome:
+    """One stage of the generation; one that stops is raised as RunStopped saying how to continue."""
+    try:
+        return stage.run(name, folder, records, sampling, settings, console)
+    except RunStopped as exc:
+        raise RunStopped(exc.exit_code, f"generation stopped in stage {name} ({exc}); run the same "
+                                        "`hallurun generate` command again to continue") from None
 
 
 def report_table(counts: dict[int, BinCounts]) -> Table:
