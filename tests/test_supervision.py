@@ -288,6 +288,32 @@ def test_an_old_server_that_stays_after_post_restart_is_asked_again(hallurun: Ha
     assert events(run_dir, "restart_requested_again")
 
 
+def test_a_server_still_wedged_after_post_restart_is_asked_again_though_a_health_check_failed_meanwhile(
+        hallurun: Hallurun, tmp_path: Path) -> None:
+    # Chaos seed 7054 (through the fault proxy): a POST /restart that never reached the server, then one dropped
+    # health check, which looked like the old server going; the server, healthy and still wedged, timed out every
+    # probe until the restart wait ran out, and the run ended with exit 3. A server that answers /health but not
+    # a generation after it was asked to restart has not restarted: it is asked again.
+    ids = write_dataset(tmp_path / "data.jsonl", 10)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "unmoved_server.py"), "--port",
+                               str(port), "--serve", "3", "--lost", "1"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    try:
+        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stand-in server")
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
+                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--stall-timeout", "2",
+                            "--restart-wait", "20", "--concurrency", "1")
+    finally:
+        server.kill()
+        server.wait(10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert len(events(run_dir, "restart_requested")) == 1 and len(events(run_dir, "server_restarted")) == 1
+    assert events(run_dir, "restart_requested_again")
+
+
 def test_a_server_failing_many_of_its_requests_still_passes_the_readiness_probe(hallurun: Hallurun,
                                                                                 tmp_path: Path) -> None:
     # Seeded: this mock fails its first six requests (the probes) with HTTP 500 and then answers: a flaky server
