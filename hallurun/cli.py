@@ -36,6 +36,35 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+class _Registered(click.Choice):
+    """A choice among what the task registry offers, read when the option is used or shown (`--help`, shell
+    completion), not when the CLI loads: the registry imports every task's code, which most commands never need."""
+
+    def __init__(self, offered: Callable[[], list[str]]) -> None:
+        self._offered = offered
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        return self._offered()
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass  # click.Choice sets its list in __init__; the registry is the list here
+
+
+def _evaluators() -> list[str]:
+    from hallurun.tasks import registry
+
+    return registry.evaluators()
+
+
+def _generators() -> list[str]:
+    from hallurun.tasks import registry
+
+    return list(registry.generators())
+
+
 def _operational_options(fn: F) -> F:
     """Options that may change between a run and its resumption."""
     decorators = [
@@ -314,7 +343,7 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         help="Launch vLLM for the judge, launch the mock server (tests), or use --judge-url.")
 @option("--compare-judge", help="A second judge (a model, or `heuristic`) run on the same answers; prints how often "
                                 "the two agree on each decision, and Cohen's kappa.")
-@option("--evaluator", metavar="TASK",
+@option("--evaluator", type=_Registered(_evaluators),
         help="Score a run of a prompt file as this built-in task (see `hallurun tasks`). [default: the run's "
              "task's own]")
 @option("--passages", type=click.Path(dir_okay=False, path_type=Path),
@@ -370,7 +399,7 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
 
 
 @main.command(context_settings={"show_default": True})
-@click.option("--task", "task_name", metavar="TASK",
+@click.option("--task", "task_name", type=_Registered(_generators),
               help="Which task's question set to build (a task that can generate; see `hallurun tasks`). "
                    "[default: the one task that can]")
 @click.option("--docs", required=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -35,6 +35,17 @@ def test_builtin_tasks_load_and_their_data_validates(name: str, evaluator: str, 
     assert scan(task.dataset).count == count
 
 
+def test_the_clis_task_choices_come_from_the_registry(hallurun: Hallurun, tmp_path: Path) -> None:
+    listed = hallurun.run("eval", "--help").stdout
+    assert f"[{'|'.join(tasks.evaluators())}]" in " ".join(listed.split())
+    assert f"[{'|'.join(tasks.generators())}]" in " ".join(hallurun.run("generate", "--help").stdout.split())
+    proc = hallurun.run("eval", str(tmp_path), "--evaluator", "generatedentities")
+    assert proc.returncode == 2 and "Invalid value for '--evaluator'" in proc.stderr, proc.stderr
+    proc = hallurun.run("generate", "--task", "longwiki", "--docs", str(tmp_path / "d.jsonl"), "--model", "m",
+                        "--n", "1")
+    assert proc.returncode == 2 and "Invalid value for '--task': 'longwiki'" in proc.stderr, proc.stderr
+
+
 def test_tasks_command_lists_every_builtin_task(hallurun: Hallurun) -> None:
     proc = hallurun.run("tasks")
     assert proc.returncode == 0, proc.stderr
