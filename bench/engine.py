@@ -68,7 +68,7 @@ from hallurun.server.launch import CPU_KVCACHE_GIB, KEEP_ALIVE_S
 from hallurun.wire.metrics import parse as parse_metrics
 
 SERVED = "tiny"
-# The environment hallurun gives the vLLM it launches on a CPU (`hallurun.server.launch.launch`): the bench's shared
+# The environment hallurun gives the vLLM it launches on a CPU (`hallurun.server.launch.command`): the bench's shared
 # server is started as hallurun would start it.
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": KEEP_ALIVE_S}
 # The server's CPU weight against the clients (see `lower_server_weight` and the module's docstring).

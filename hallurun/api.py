@@ -62,11 +62,11 @@ def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None
     `runs/<task>-<model>-<timestamp>`; `dataset` replaces a built-in task's data with a file of the same format.
     HalluLens' ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME are read from `environ` (default: the
     process's environment) unless `options` gives them. Raises UsageError (TaskError, ConfigError)."""
-    spec = registry.resolve(str(task))
-    return build_config(task=spec.name, dataset=Path(dataset) if dataset is not None else spec.dataset,
-                        evaluator=spec.evaluator, sampling=sampling_defaults(spec.defaults), overrides=sampling,
+    found = registry.resolve(str(task))
+    return build_config(task=found.name, dataset=Path(dataset) if dataset is not None else found.dataset,
+                        evaluator=found.evaluator, sampling=sampling_defaults(found.defaults), overrides=sampling,
                         model=model, run_dir=Path(run_dir) if run_dir is not None else runner.default_run_dir(
-                            spec.name, model), limit=limit, server=server, options=options, environ=environ)
+                            found.name, model), limit=limit, server=server, options=options, environ=environ)
 
 
 async def start_async(config: RunConfig, *, console: Console | None = None,

@@ -319,7 +319,7 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
     from hallurun.server import mock as mock_server
 
     try:
-        parsed = tuple(mock_server.parse_fault(spec) for spec in faults)
+        parsed = tuple(mock_server.parse_fault(text) for text in faults)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 
 from hallurun import config as cfg
-from hallurun.server.launch import launch
+from hallurun.server.launch import command as launch
 from hallurun.wire.metrics import QUIET_INTERVAL, ServerMetrics, parse, poll_due
 
 METRICS = """\

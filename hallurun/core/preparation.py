@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hallurun.config import ConfigError, RunConfig, RunOptions, ServerOptions, resumed
 from hallurun.errors import UsageError
-from hallurun.server import launch as engine
+from hallurun.server import launch
 from hallurun.server.supervisor import free_port
 from hallurun.store import manifest
 from hallurun.store.dataset import DatasetError, DatasetInfo, scan
@@ -160,7 +160,7 @@ def _prepare_model(config: RunConfig) -> None:
     if config.server.kind != "vllm":
         return
     try:
-        engine.model_path(config.model)
+        launch.model_path(config.model)
     except ImportError as exc:
         raise UsageError(f"--model {config.model} needs torch, transformers and tokenizers here ({exc}); "
                          "run `make install`") from None

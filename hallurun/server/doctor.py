@@ -14,7 +14,7 @@ from rich.console import Console
 
 from hallurun import __version__
 from hallurun.config import RunConfig, ServerSpec, build
-from hallurun.server import launch as engine
+from hallurun.server import launch
 
 DISK_WARN_GIB = 10
 _VLLM_PROBE = """
@@ -52,7 +52,7 @@ def _vllm(python: str) -> Check:
 
 
 def _gpu() -> Check:
-    if engine.has_nvidia_gpu():
+    if launch.has_nvidia_gpu():
         names = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip().splitlines()
         return Check("ok", "GPU", "; ".join(names))
     return Check("warn", "GPU", "no NVIDIA GPU: vLLM runs on the CPU (slow; CPU defaults are applied)")
@@ -66,7 +66,7 @@ def _disk(path: Path, what: str) -> Check:
 
 
 def _model(model: str) -> Check:
-    if model == engine.TINY:
+    if model == launch.TINY:
         from hallurun.server import tiny_model
 
         target = tiny_model.cache_dir() / tiny_model.TINY_DIR
@@ -94,13 +94,13 @@ def checks(config: RunConfig) -> Iterator[Check]:
     yield _model(config.model)
     if config.server.kind == "vllm":
         try:
-            spec = engine.launch(config, config.server.port or 8000, environ=dict(os.environ),
+            planned = launch.command(config, config.server.port or 8000, environ=dict(os.environ),
                                  build_tiny=False)
         except (OSError, ValueError) as exc:
             yield Check("fail", "server command", str(exc))
         else:
-            env = " ".join(f"{k}={v}" for k, v in spec.env.items())
-            yield Check("ok", "server command", f"{env} {' '.join(spec.cmd)}".strip())
+            env = " ".join(f"{k}={v}" for k, v in planned.env.items())
+            yield Check("ok", "server command", f"{env} {' '.join(planned.cmd)}".strip())
         yield _vllm(python)
 
 

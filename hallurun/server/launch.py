@@ -72,7 +72,7 @@ def _context_length(model: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def launch(config: RunConfig, port: int, *, gpu: bool | None = None, environ: dict[str, str] | None = None,
+def command(config: RunConfig, port: int, *, gpu: bool | None = None, environ: dict[str, str] | None = None,
            build_tiny: bool = True) -> Launch:
     """The command and extra environment for the configured server, listening on `port`."""
     spec = config.server

@@ -72,14 +72,14 @@ class MockConfig:
     term_delay: float = 0.0  # seconds between a SIGTERM and the exit, like a server shutting down gracefully
 
 
-def parse_fault(spec: str) -> Fault:
-    """Parse one `--fault` spec such as `hang-after:3`, `error-rate:0.1`, `poison:TEXT` or `fail-start`."""
-    kind, colon, raw = spec.partition(":")
+def parse_fault(text: str) -> Fault:
+    """Parse one `--fault` value such as `hang-after:3`, `error-rate:0.1`, `poison:TEXT` or `fail-start`."""
+    kind, colon, raw = text.partition(":")
     if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault {kind!r} in {spec!r}; known: {', '.join(FAULT_KINDS)}")
+        raise ValueError(f"unknown fault {kind!r} in {text!r}; known: {', '.join(FAULT_KINDS)}")
     if kind in _FLAG_FAULTS:
         if colon:
-            raise ValueError(f"fault {kind!r} takes no value, got {spec!r}")
+            raise ValueError(f"fault {kind!r} takes no value, got {text!r}")
         return Fault(kind, None)
     if not raw:
         raise ValueError(f"fault {kind!r} needs a value, as in {kind}:VALUE")

@@ -31,7 +31,7 @@ import orjson
 
 from hallurun.config import RunConfig, Sampling
 from hallurun.errors import ServerError
-from hallurun.server import launch as engine
+from hallurun.server import launch
 from hallurun.server.guardian import SERVER_ID_ENV, Guardian, Server, signal_trees, tree_pids
 from hallurun.store.durable import RunDirWriteError
 from hallurun.store.events import EventLog
@@ -392,21 +392,21 @@ class Supervisor:
         self.ensure_guardian()
         assert self._guardian is not None
         self._claim_port()
-        spec = engine.launch(self.config, self.port, environ=self.env)
+        planned = launch.command(self.config, self.port, environ=self.env)
         token = uuid.uuid4().hex  # marks every process of this launch, those that leave its session included
         # Told before the fork: the chaos suite killed hallurun (-9) between a relaunch's fork and the `watch`
         # below, before the child had set its parent-death signal, and that server outlived everything.
         self._guardian.expect(token)
         with self.log_path.open("ab") as log:
-            extra = "".join(f"{k}={v} " for k, v in spec.env.items())
-            log.write(f"\n=== hallurun: starting {extra}{' '.join(spec.cmd)}\n".encode())
-            for note in spec.notes:
+            extra = "".join(f"{k}={v} " for k, v in planned.env.items())
+            log.write(f"\n=== hallurun: starting {extra}{' '.join(planned.cmd)}\n".encode())
+            for note in planned.notes:
                 log.write(f"=== hallurun: {note}\n".encode())
             log.flush()
             self._proc = await asyncio.create_subprocess_exec(
-                *spec.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                *planned.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-                env={**self.env, **spec.env, SERVER_ID_ENV: token},
+                env={**self.env, **planned.env, SERVER_ID_ENV: token},
                 # `python -m` puts the working directory on sys.path: a stray queue.py there breaks vLLM.
                 cwd=self.config.run_dir,
             )

@@ -73,25 +73,25 @@ def tasks_root() -> Path:
 
 def load_task(folder: Path) -> Task:
     """Read one task folder; a scoring file it names is loaded and validated now."""
-    spec_path = folder / "task.json"
+    task_file = folder / "task.json"
     try:
-        spec = orjson.loads(spec_path.read_bytes())
+        declared = orjson.loads(task_file.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise TaskError(f"{spec_path}: cannot read task spec ({exc})") from None
-    evaluator = spec.get("eval")
-    if spec.get("scoring") is not None:
+        raise TaskError(f"{task_file}: cannot read it ({exc})") from None
+    evaluator = declared.get("eval")
+    if declared.get("scoring") is not None:
         if evaluator is not None:
-            raise TaskError(f"{spec_path}: give \"eval\" (a built-in scoring) or \"scoring\" (a file), not both")
-        evaluator = str((folder / spec["scoring"]).resolve())
+            raise TaskError(f"{task_file}: give \"eval\" (a built-in scoring) or \"scoring\" (a file), not both")
+        evaluator = str((folder / declared["scoring"]).resolve())
         scoring(evaluator)  # fail now, not after the run
     elif evaluator is not None and evaluator not in evaluators():
-        raise TaskError(f"{spec_path}: field 'eval': unknown evaluation {evaluator!r}; use one of "
+        raise TaskError(f"{task_file}: field 'eval': unknown evaluation {evaluator!r}; use one of "
                         f"{', '.join(evaluators())}, null, or \"scoring\": a file of your own")
     return Task(
-        name=spec.get("name", folder.name),
-        description=spec.get("description", ""),
-        dataset=folder / spec["data"],
-        defaults=dict(spec.get("defaults", {})),
+        name=declared.get("name", folder.name),
+        description=declared.get("description", ""),
+        dataset=folder / declared["data"],
+        defaults=dict(declared.get("defaults", {})),
         evaluator=evaluator,
         folder=folder,
     )
