@@ -444,7 +444,8 @@ def generate(task_name: str | None, docs: Path, model: str, n: int, out: Path | 
         server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host, args=tuple(server_args))),
         execute=functools.partial(process.run, console=Console(soft_wrap=True)),
     )
-    sys.exit(can[str(task_name)].run(docs, n, seed, out, settings))
+    # Like inference: done, but some requests failed or nothing was kept: 1.
+    sys.exit(0 if can[str(task_name)].run(docs, n, seed, out, settings).complete else 1)
 
 
 @main.command("build-entities", context_settings={"show_default": True})

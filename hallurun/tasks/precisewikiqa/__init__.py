@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hallurun.tasks.plugin import Generator, TaskPlugin
+from hallurun.tasks.plugin import Generated, Generator, TaskPlugin
 from hallurun.tasks.precisewikiqa.scoring import SCORING
 
 if TYPE_CHECKING:
     from hallurun.core.stage import Settings
 
 
-def _generate(docs: Path, n: int, seed: int, out: Path | None, settings: Settings) -> int:
+def _generate(docs: Path, n: int, seed: int, out: Path | None, settings: Settings) -> Generated:
     # Imported on use: the generator runs request stages, and the runner must not load with the registry.
     from hallurun.tasks.precisewikiqa import generate
 

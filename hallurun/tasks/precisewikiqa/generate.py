@@ -27,9 +27,10 @@ from rich.table import Table
 
 from hallurun.config import Sampling
 from hallurun.core import stage
-from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_OK, RunStopped, UsageError
+from hallurun.errors import RunStopped, UsageError
 from hallurun.store.durable import write_atomic
 from hallurun.store.jsonl import JsonlError, read_objects
+from hallurun.tasks.plugin import Generated
 from hallurun.tasks.precisewikiqa import qgen
 from hallurun.tasks.precisewikiqa.passages import passages
 
@@ -183,10 +184,10 @@ def work_folder(out: Path) -> Path:
 
 
 def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Settings,
-             console: Console | None = None) -> int:
-    """Build the question file at `out`; returns the exit code (0, or 1 when requests failed or nothing was
-    kept). Raises UsageError subclasses (GenerateError, stage.StageError, ...) for bad usage and RunStopped when
-    a stage stopped before it finished (the same command continues it)."""
+             console: Console | None = None) -> Generated:
+    """Build the question file at `out`; returns what was kept and how many requests failed. Raises UsageError
+    subclasses (GenerateError, stage.StageError, ...) for bad usage, and RunStopped when a stage stopped before
+    it finished (the same command continues it)."""
     console = console or Console(soft_wrap=True)
     if n < 1:
         raise GenerateError("--n must be at least 1")
@@ -242,8 +243,7 @@ def generate(docs_path: Path, n: int, seed: int, out: Path, settings: stage.Sett
                   highlight=False)
     if not kept:
         console.print("[red]no question survived; see the stage results under " + str(work) + "[/red]")
-        return EXIT_FAILED_ITEMS
-    return EXIT_FAILED_ITEMS if asked.failed or checked.failed else EXIT_OK
+    return Generated(out, len(kept), asked.failed + checked.failed)
 
 
 def _stage(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling, settings: stage.Settings,
