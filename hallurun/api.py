@@ -14,15 +14,15 @@ as `UsageError` subclasses. Nothing is printed unless a rich `Console` is given.
 The async calls own no signal and never exit the process: cancelling their task is the interrupt. The run stops
 gracefully (the server stopped, every result flushed; the run resumes where it stopped) and the cancellation is
 raised again, as asyncio asks; the interrupted `RunResult` is then on the `RunHandle`, if one was passed. The
-sync calls run the async ones in a new event loop (`asyncio.run`), with asyncio's own Ctrl-C handling: the first
-Ctrl-C cancels the run (a graceful stop) and KeyboardInterrupt is raised once it has stopped. They install no
+sync calls run the async ones in a new event loop (`core.standalone`): the first Ctrl-C cancels the run (a
+graceful stop), a further one kills the server trees at once without abandoning the stop, and KeyboardInterrupt
+is raised once the run has stopped (a run that had settled every item returns its result). They install no
 SIGTERM handler in the caller's process; `kill -9` or an unhandled SIGTERM still leave no server behind (the
 guardian process reaps it).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from hallurun.core import runner
 from hallurun.core.handle import RunHandle
 from hallurun.core.result import RunResult
 from hallurun.core.stage import Executor, in_new_loop
+from hallurun.core.standalone import run_standalone
 from hallurun.errors import UsageError
 from hallurun.eval.evaluate import Evaluated, evaluate_run
 from hallurun.eval.model_judge import make_judge
@@ -95,8 +96,9 @@ def run(task: str | Path, *, model: str, run_dir: str | Path | None = None, data
         server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None,
         console: Console | None = None) -> RunResult:
     """`run_async` in a new event loop, for code that has none running (see the module's note on Ctrl-C)."""
-    return asyncio.run(run_async(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit,
-                                 sampling=sampling, server=server, options=options, console=console))
+    return run_standalone(lambda handle: run_async(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit,
+                                                   sampling=sampling, server=server, options=options,
+                                                   console=console, handle=handle))
 
 
 async def resume_async(run_dir: str | Path | None = None, *, options: RunOptions | None = None,
@@ -113,9 +115,10 @@ async def resume_async(run_dir: str | Path | None = None, *, options: RunOptions
 def resume(run_dir: str | Path | None = None, *, options: RunOptions | None = None,
            server: ServerOptions | None = None, retry_failed: bool = False, force: bool = False,
            console: Console | None = None) -> RunResult:
-    """`resume_async` in a new event loop, for code that has none running."""
-    return asyncio.run(resume_async(run_dir, options=options, server=server, retry_failed=retry_failed,
-                                    force=force, console=console))
+    """`resume_async` in a new event loop, for code that has none running (see the module's note on Ctrl-C)."""
+    return run_standalone(lambda handle: resume_async(run_dir, options=options, server=server,
+                                                      retry_failed=retry_failed, force=force, console=console,
+                                                      handle=handle))
 
 
 def evaluate(run_dir: str | Path | None = None, *, judge: str | None = None, judge_url: str | None = None,

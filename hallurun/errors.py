@@ -5,12 +5,13 @@ code the command line ends with. The CLI catches only this family; anything else
       UsageError                  2    bad usage or bad input, found before any work starts
         ConfigError, TaskError, DatasetError (DatasetChanged), ManifestError, LockError, StageError, EvalError, ...
       ServerError                 3    the server could not be started, kept up or restarted
-        ServerStartError (PortInUse, ServerRefusesRun), RestartBudgetExhausted, ServerDown
+        ServerStartError (PortInUse, ServerRefusesRun), RestartBudgetExhausted
       RunDirWriteError            74   the run directory cannot be written (disk full, quota, I/O error)
       RunStopped                  its own: a run (or a judge stage) ended before it finished
-      RequestError                -    one attempt of one item failed: recorded with the item, never ends a run
 
-The subclasses live beside the code that raises them; this module holds the bases and the codes.
+The subclasses live beside the code that raises them; this module holds the bases and the codes. The wire's
+`RequestError` and `ServerDown` are not in the family: they are how one request tells the scheduler what went
+wrong, recorded with the item or handled by the monitor, and one that escaped a run would be a bug.
 """
 
 from __future__ import annotations

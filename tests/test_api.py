@@ -7,16 +7,18 @@ import asyncio
 import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 import hallurun
-from tests.conftest import REPO, Hallurun, events, read_jsonl, server_processes, write_dataset
+from tests.conftest import REPO, Hallurun, events, read_jsonl, server_processes, wait_until, write_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -165,6 +167,10 @@ def test_usage_errors_are_raised_before_any_work(tmp_path: Path) -> None:
         hallurun.run("no-such-task", model="m", server="mock", run_dir=tmp_path / "run")
     with pytest.raises(hallurun.UsageError, match="no such run directory"):
         hallurun.resume(tmp_path / "nothing-here")
+    (tmp_path / "not-a-run").mkdir()
+    with pytest.raises(hallurun.UsageError, match="a hallurun run directory"):
+        hallurun.resume(tmp_path / "not-a-run")
+    assert not (tmp_path / "not-a-run" / "lock").exists()  # a folder that holds no run is left as it was
     assert not (tmp_path / "run" / "manifest.json").exists()
 
 
@@ -197,3 +203,107 @@ def test_import_hallurun_stays_cheap() -> None:
     assert proc.stdout.split("\n")[:2] == [hallurun.__version__, "[]"]
     assert set(hallurun.__all__) <= set(dir(hallurun))
     assert hallurun.run_async is hallurun.api.run_async
+
+
+
+SYNC_RUN = """
+import sys
+import hallurun
+try:
+    hallurun.run(sys.argv[1], model="m", run_dir=sys.argv[2], options=hallurun.RunOptions(concurrency=4),
+                 server=hallurun.ServerSpec(kind="mock", args=("--latency", "0.05", "--term-delay", "30")))
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    sys.stdin.read()  # the process lives on, as a notebook does, until the test has looked
+    try:
+        hallurun.resume(sys.argv[2], server=hallurun.ServerOptions(args=("--latency", "0")))
+    except hallurun.HallurunError as exc:
+        print(f"resume failed: {exc}")
+    else:
+        print("resumed")
+"""
+
+
+def test_a_second_ctrl_c_in_the_sync_api_kills_the_server_and_lets_the_stop_finish(hallurun: Hallurun,
+                                                                                     tmp_path: Path) -> None:
+    # With a plain asyncio.run, the second Ctrl-C raised KeyboardInterrupt at once and the loop's teardown cancelled
+    # the run's stop midway: the caller's process went on with the server still running (the guardian reaps it
+    # only when that process ends), and the run's worker threads could outlive its lock.
+    ids = write_dataset(tmp_path / "data.jsonl", 300)
+    run_dir = tmp_path / "run"
+    script = tmp_path / "sync_run.py"
+    script.write_text(SYNC_RUN)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data.jsonl"), str(run_dir)],
+                            cwd=tmp_path, env=hallurun.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(read_jsonl(run_dir / "results.jsonl")) >= 20, 60, "results")
+        pids = server_processes(run_dir)
+        proc.send_signal(signal.SIGINT)
+        # The mock takes 30 s to exit after SIGTERM: the stop is under way, and would wait that out.
+        wait_until(lambda: events(run_dir, "server_stopping"), 30, "the stop to begin")
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "KeyboardInterrupt"
+        # The caller's process is alive and the run has stopped: no server of it is left.
+        assert pids and not server_processes(run_dir)
+        proc.stdin.close()
+        proc.wait(timeout=120)
+        out = proc.stdout.read()
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+    # In the same process, the run resumes: its lock was released once its files were closed.
+    assert out.strip() == "resumed", out + err
+    assert events(run_dir, "interrupted")
+    assert Counter(r["id"] for r in read_jsonl(run_dir / "results.jsonl")) == Counter(ids)
+
+
+SYNC_RUN_IN_SCAN = """
+import sys
+import hallurun
+from hallurun.store.lock import LockError, RunLock
+try:
+    hallurun.run(sys.argv[1], model="m", run_dir=sys.argv[2], server="mock")
+except KeyboardInterrupt:
+    lock = RunLock(hallurun.api.Path(sys.argv[2]))
+    try:
+        lock.acquire()
+    except LockError as exc:
+        print(f"lock held: {exc}")
+    else:
+        print("lock free")
+"""
+
+
+def _sigint_pending(pid: int) -> bool:
+    """Whether a SIGINT sent to `pid` is still pending, not yet delivered to its handler (/proc/PID/status)."""
+    bit = 1 << (signal.SIGINT - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & bit:
+            return True
+    return False
+
+
+def test_two_ctrl_c_while_the_sync_api_validates_the_dataset_leave_the_lock_free(hallurun: Hallurun,
+                                                                                 tmp_path: Path) -> None:
+    # Validating a million records takes seconds, in a worker thread that holds the run lock. With a plain
+    # asyncio.run the second Ctrl-C tore the loop down without undoing what that thread did: the lock stayed held
+    # by the caller's own process, and the next hallurun.resume there was refused.
+    data, run_dir = tmp_path / "data.jsonl", tmp_path / "run"
+    data.write_bytes(b"".join(orjson.dumps({"prompt": f"q {i}"}) + b"\n" for i in range(1_000_000)))
+    script = tmp_path / "sync_run.py"
+    script.write_text(SYNC_RUN_IN_SCAN)
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(run_dir)], cwd=tmp_path, env=hallurun.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (run_dir / "lock").exists(), 30, "the run to take its lock")
+        proc.send_signal(signal.SIGINT)
+        # Two signals pending at once are one: the second is sent once the first has been delivered.
+        wait_until(lambda: not _sigint_pending(proc.pid), 10, "the first SIGINT to be delivered")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert out.strip() == "lock free", out + err
+    assert not (run_dir / "manifest.json").exists()  # interrupted before any work: nothing was started

@@ -67,6 +67,8 @@ def for_start(config: RunConfig) -> Prepared:
 def for_resume(run_dir: Path, options: RunOptions | None = None, server: ServerOptions | None = None, *,
                retry_failed: bool = False, force: bool = False) -> Prepared:
     """Continue a run from its manifest. Only operational settings may change (`config.resumed`)."""
+    if run_dir.is_dir() and not (run_dir / manifest.MANIFEST).is_file():
+        manifest.read(run_dir)  # a folder that holds no run is refused (ManifestError) before it gets a lock file
     lock = _lock(run_dir)
     try:
         try:

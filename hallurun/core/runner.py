@@ -197,6 +197,9 @@ def _open(prepared: Prepared, out: _Output, resumed: bool) -> _Open | RunResult:
         _begin(opened, out.console, resumed=resumed, changed=prepared.changed)
     except RunDirWriteError as exc:
         opened.early = _Outcome("run_dir_unwritable", str(exc))
+    except BaseException:
+        opened.close()  # e.g. the dataset changed again under `resume --force`: no file is left open
+        raise
     return opened
 
 
@@ -347,7 +350,8 @@ async def _serve(run: _Open, items: _Items, handle: RunHandle, interrupt: _Inter
     config, checkpoint, events, stats = run.config, run.checkpoint, run.events, run.stats
     connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    try:
         key = api_key()
         supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
         handle.attach(supervisor=supervisor)
@@ -367,6 +371,10 @@ async def _serve(run: _Open, items: _Items, handle: RunHandle, interrupt: _Inter
             # still ends as complete (and a second Ctrl-C is the command line's kill_servers_now).
             handle.begin_stopping()
             await to_the_end(_wind_down(metrics, supervisor), functools.partial(interrupt.note, stopping=True))
+    finally:
+        # Closed to its end too: a cancellation that replaced the error on its way out (a server that could not
+        # be started, a full disk) would turn the run's ending into "interrupted" (130).
+        await to_the_end(session.close(), functools.partial(interrupt.note, stopping=True))
 
 
 async def _wind_down(metrics: asyncio.Task[None], supervisor: Supervisor) -> None:

@@ -12,7 +12,6 @@ the same job again continues each stage where it stopped and never asks for an i
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from hallurun.config import RunOptions, Sampling, ServerSpec
 from hallurun.core import runner
 from hallurun.core.handle import RunHandle
 from hallurun.core.result import RunResult
+from hallurun.core.standalone import run_standalone
 from hallurun.errors import EXIT_INTERRUPTED, RunStopped, UsageError
 from hallurun.store import manifest
 from hallurun.store.checkpoint import FAILURES, read_records
@@ -45,8 +45,8 @@ Executor = Callable[[Callable[[RunHandle], Coroutine[Any, Any, RunResult]]], Run
 
 
 def in_new_loop(main: Callable[[RunHandle], Coroutine[Any, Any, RunResult]]) -> RunResult | None:
-    """Drive a stage's run in an event loop of its own, with asyncio's own Ctrl-C handling."""
-    return asyncio.run(main(RunHandle()))
+    """Drive a stage's run in an event loop of its own (`standalone`: Ctrl-C stops it gracefully, then raises)."""
+    return run_standalone(main)
 
 
 @dataclass(frozen=True)

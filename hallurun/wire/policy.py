@@ -25,14 +25,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from hallurun.errors import EXIT_FAILED_ITEMS, HallurunError, ServerError
 
-
-class RequestError(HallurunError):
-    """A request attempt failed. `retryable` says whether another attempt can help. It fails its item, never
-    the run."""
-
-    exit_code = EXIT_FAILED_ITEMS
+class RequestError(Exception):
+    """A request attempt failed. `retryable` says whether another attempt can help. It fails its item and never
+    leaves the run, so it is no HallurunError: one that escaped would be a bug, and must say so (exit 70).
+    """
 
     def __init__(self, reason: str, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -41,7 +38,7 @@ class RequestError(HallurunError):
         self.retry_after = retry_after
 
 
-class ServerDown(ServerError):
+class ServerDown(Exception):
     """The request could not reach the server (it refused the connection, or its process is gone): not the
     item's doing. The item waits for the server without spending an attempt; the monitor decides what to do."""
 
