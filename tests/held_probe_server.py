@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
 import orjson
 from aiohttp import web
+
+
+async def answer_ok(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Answer a generation request with "OK", streamed (SSE, ending in [DONE]) or not, as vLLM would."""
+    if not body.get("stream"):
+        choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "text": "OK",
+                  "finish_reason": "stop"}
+        return web.Response(body=orjson.dumps({"choices": [choice]}), content_type="application/json")
+    piece = {"delta": {"content": "OK"}} if request.path.endswith("/chat/completions") else {"text": "OK"}
+    event = {"choices": [{"index": 0, **piece, "finish_reason": "stop"}]}
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 def app(hold: int) -> web.Application:
@@ -24,21 +40,10 @@ def app(hold: int) -> web.Application:
     async def generate(request: web.Request) -> web.StreamResponse:
         nonlocal held
         body = orjson.loads(await request.read())
-        chat = request.path.endswith("/chat/completions")
-        if not body.get("stream"):
-            if held < hold:
-                held += 1
-                await asyncio.get_running_loop().create_future()  # never answered
-            choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "text": "OK",
-                      "finish_reason": "stop"}
-            return web.Response(body=orjson.dumps({"choices": [choice]}), content_type="application/json")
-        piece = {"delta": {"content": "OK"}} if chat else {"text": "OK"}
-        event = {"choices": [{"index": 0, **piece, "finish_reason": "stop"}]}
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        if not body.get("stream") and held < hold:
+            held += 1
+            await asyncio.get_running_loop().create_future()  # never answered
+        return await answer_ok(request, body)
 
     application = web.Application()
     application.add_routes([web.get("/health", health), web.post("/v1/chat/completions", generate),

@@ -17,6 +17,7 @@ import sys
 
 import orjson
 from aiohttp import web
+from held_probe_server import answer_ok  # run as a script from tests/, whose folder is on sys.path
 
 
 def app(serve: int, lost: int) -> web.Application:
@@ -41,22 +42,11 @@ def app(serve: int, lost: int) -> web.Application:
 
     async def generate(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
-        chat = request.path.endswith("/chat/completions")
         if state["wedged"] or (state["served"] >= serve and not state["restarts"] > lost):
             state["wedged"] = True
             await asyncio.get_running_loop().create_future()  # never answered: the wedge
         state["served"] += 1
-        if not body.get("stream"):
-            choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "text": "OK",
-                      "finish_reason": "stop"}
-            return web.Response(body=orjson.dumps({"choices": [choice]}), content_type="application/json")
-        piece = {"delta": {"content": "OK"}} if chat else {"text": "OK"}
-        event = {"choices": [{"index": 0, **piece, "finish_reason": "stop"}]}
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        return await answer_ok(request, body)
 
     application = web.Application()
     application.add_routes([web.get("/health", health), web.post("/restart", restart),

@@ -118,18 +118,22 @@ def _prepare(name: str, folder: Path, records: list[dict[str, Any]], sampling: S
         raise StageError(str(exc)) from None
     if _finished(cfg, info.sha256):
         console.print(f"{name}: already finished in {cfg.run_dir}", highlight=False)
-        return _read(cfg, RunResult(cfg.run_dir, "complete", 0, 0, 0))
+        return _read(cfg)
     return cfg
 
 
-def _read(cfg: run_config.RunConfig, result: RunResult | None) -> Outcome:
-    """The stage's generations and failures, once its run has settled every item; RunStopped when it has not
-    (server trouble: 3, interrupted: 130, a run folder that cannot be written: 74), to be continued by running
-    the same job again."""
+def _settled(cfg: run_config.RunConfig, result: RunResult | None) -> Outcome:
+    """The stage's outcome once its run has settled every item; RunStopped when it has not (server trouble: 3,
+    interrupted: 130, a run folder that cannot be written: 74), to be continued by running the same job again."""
     if result is None:
         raise RunStopped(EXIT_INTERRUPTED, f"interrupted before stage {cfg.task} began")
     if not result.ok:
         raise RunStopped(result.exit_code, result.message or result.status.replace("_", " "))
+    return _read(cfg)
+
+
+def _read(cfg: run_config.RunConfig) -> Outcome:
+    """The generations of a settled stage's run, and why the other items failed."""
     generations = {str(r["id"]): str(r.get("generation") or "") for r in read_records(cfg.run_dir / "results.jsonl")}
     failures = {str(r["id"]): f"{r.get('reason', 'failed')}: {r.get('error', '')}".strip()
                 for r in read_records(cfg.run_dir / FAILURES) if str(r.get("id")) not in generations}
@@ -148,7 +152,7 @@ async def run_async(name: str, folder: Path, records: list[dict[str, Any]], samp
     cfg = _prepare(name, folder, records, sampling, settings, console, run_dir)
     if isinstance(cfg, Outcome):
         return cfg
-    return _read(cfg, await runner.start_async(cfg, console=console, handle=handle))
+    return _settled(cfg, await runner.start_async(cfg, console=console, handle=handle))
 
 
 def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampling, settings: Settings,
@@ -160,4 +164,5 @@ def run(name: str, folder: Path, records: list[dict[str, Any]], sampling: Sampli
     if isinstance(cfg, Outcome):
         return cfg
     started = cfg
-    return _read(cfg, settings.execute(lambda handle: runner.start_async(started, console=console, handle=handle)))
+    return _settled(cfg, settings.execute(lambda handle: runner.start_async(started, console=console,
+                                                                            handle=handle)))

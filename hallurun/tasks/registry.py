@@ -17,6 +17,7 @@ Adding a built-in task: its folder (task.json, data, an `__init__.py` that defin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -127,9 +128,6 @@ def generators() -> dict[str, Generator]:
 
 # --- finding a scoring ----------------------------------------------------------------------------------
 
-_LOADED: dict[Path, Scoring] = {}
-
-
 def scoring(ref: str) -> Scoring:
     """The scoring a run's `evaluator` names: a built-in one by name, or a task folder's scoring file."""
     plugin = BUILTIN.get(ref)
@@ -138,11 +136,10 @@ def scoring(ref: str) -> Scoring:
     path = Path(ref)
     if path.suffix != ".py":
         raise TaskError(f"unknown evaluator {ref!r}; hallurun scores {', '.join(evaluators())}")
-    if path not in _LOADED:
-        _LOADED[path] = _load_scoring_file(path)
-    return _LOADED[path]
+    return _load_scoring_file(path)
 
 
+@functools.cache  # one import per file: the run's check and its eval share it
 def _load_scoring_file(path: Path) -> Scoring:
     """Import a task folder's scoring file by its path and check the SCORING it exports."""
     if not path.is_file():
