@@ -314,6 +314,31 @@ def test_a_server_still_wedged_after_post_restart_is_asked_again_though_a_health
     assert events(run_dir, "restart_requested_again")
 
 
+def test_an_external_server_found_wedged_at_the_first_start_is_asked_to_restart(hallurun: Hallurun,
+                                                                               tmp_path: Path) -> None:
+    # Chaos seed 10007: hallurun killed (-9) with a stalling item in flight left the external server wedged
+    # (/health 200, no generation answered); the resume's first start timed out probe after probe until the
+    # startup timeout ran out (exit 3). A server that is healthy but times out a one-token probe is wedged,
+    # at a first start too: it is asked to restart.
+    ids = write_dataset(tmp_path / "data.jsonl", 6)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "unmoved_server.py"), "--port",
+                               str(port), "--serve", "0", "--lost", "0"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    try:
+        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stand-in server")
+        proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
+                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--startup-timeout", "20")
+    finally:
+        server.kill()
+        server.wait(10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    kinds = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
+    assert kinds.index("restart_requested") < kinds.index("server_started")
+
+
 def test_a_server_failing_many_of_its_requests_still_passes_the_readiness_probe(hallurun: Hallurun,
                                                                                 tmp_path: Path) -> None:
     # Seeded: this mock fails its first six requests (the probes) with HTTP 500 and then answers: a flaky server

@@ -503,15 +503,20 @@ class Supervisor:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _ask_again_if_unmoved(self, comeback: Comeback) -> None:
-        """After POST /restart, a server that answers /health but times out a one-token generation has not
-        restarted: that is what the wedge looks like. Ask it again (at most every RESTART_RESEND_S) and wait to
-        see it go. The chaos suite met a POST /restart lost on its way in and one dropped health check, which
+        """An external server that answers /health but times out a one-token generation is wedged: that is what
+        the wedge looks like. Ask it to restart (again at most every RESTART_RESEND_S) and wait to see it go.
+
+        After POST /restart, the chaos suite met a request lost on its way in and one dropped health check, which
         looked like the old server going: the server, healthy and still wedged, timed out every probe until the
-        restart wait ran out (exit 3)."""
-        if self.managed or comeback.asked is None or time.monotonic() - comeback.asked < RESTART_RESEND_S:
+        restart wait ran out (exit 3). At a first start, it met a server left wedged by a hallurun killed (-9)
+        with a stalling item in flight: the resume waited out the whole startup timeout on it."""
+        if self.managed:
             return
+        if comeback.asked is not None and time.monotonic() - comeback.asked < RESTART_RESEND_S:
+            return
+        again = comeback.asked is not None
         comeback.asked = time.monotonic()
-        if await self._request_external_restart(again=True):
+        if await self._request_external_restart(again=again):
             comeback.seen_gone = False
 
     async def answers(self) -> bool:
