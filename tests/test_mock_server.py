@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,8 +18,18 @@ import pytest
 from click.testing import CliRunner
 
 from hallurun.cli import main
-from hallurun.server.mock import Fault, parse_fault
-from tests.conftest import MockServer, free_port, mock_command, mock_health, start_mock, stop_mock
+from hallurun.server.mock import Fault, MockConfig, parse_fault
+from hallurun.wire.metrics import RUNNING, TOKENS, WAITING, parse
+from tests.conftest import (
+    MOCK_STARTUP_DEADLINE,
+    MockServer,
+    free_port,
+    mock_command,
+    mock_health,
+    start_mock,
+    stop_mock,
+    wait_until,
+)
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -40,6 +51,30 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., MockServer]]:
 
     def start(*args: str) -> MockServer:
         started.append(start_mock(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for each in started:
+        stop_mock(each)
+
+
+@pytest.fixture
+def configured(tmp_path: Path) -> Iterator[Callable[..., MockServer]]:
+    """Start a server from `MockConfig` fields, in a process of its own, for what `hallurun mock-server` has no
+    option for (`max_concurrency`); every one started is killed at the end of the test."""
+    started: list[MockServer] = []
+
+    def start(**fields: Any) -> MockServer:
+        port = free_port()
+        arguments = ", ".join(f"{name}={value!r}" for name, value in {"port": port, **fields}.items())
+        code = f"from hallurun.server.mock import MockConfig, serve; serve(MockConfig({arguments}))"
+        stdout, stderr = tmp_path / f"mock-{port}.out", tmp_path / f"mock-{port}.err"
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err)
+        started.append(MockServer(proc, port, stdout, stderr))
+        wait_until(lambda: proc.poll() is not None or mock_health(started[-1].url) == 200, MOCK_STARTUP_DEADLINE,
+                   "the mock to answer /health")
+        assert proc.poll() is None, stderr.read_text()
         return started[-1]
 
     yield start
@@ -86,6 +121,20 @@ def events(body: bytes) -> list[Any]:
 
 def error_type(body: bytes) -> str:
     return orjson.loads(body)["error"]["type"]
+
+
+async def read_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url + "/metrics") as resp:
+        return parse(await resp.text())
+
+
+def ask(content: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], "stream": True}
+
+
+def long_answer(words: int) -> str:
+    """A scripted answer of exactly `words` tokens, so that a stream lasts as long as a test needs."""
+    return " ".join(f"w{n}" for n in range(words))
 
 
 # --- behaving like vLLM ---------------------------------------------------------------------------------------
@@ -292,6 +341,140 @@ def test_fail_start_exits_1_with_a_message(tmp_path: Path) -> None:
     assert b"fail-start" in done.stderr
 
 
+def test_max_concurrency_lets_k_generations_progress_and_queues_the_rest(
+        configured: Callable[..., MockServer]) -> None:
+    # At 20 tokens/s: the first stream lasts 1 s, the second 2 s, the queued ones 1 s each. The queue is looked
+    # at within the first second, and the two queued are admitted a second apart, in their order of arrival.
+    lengths = {"first": 20, "second": 40, "third": 20, "fourth": 20}
+    server = configured(token_rate=20.0, max_concurrency=2,
+                        script=tuple((name, long_answer(n)) for name, n in lengths.items()))
+
+    async def scenario() -> tuple[list[dict[str, float]], set[str], dict[str, float], dict[str, float],
+                                  dict[str, bytes]]:
+        loop = asyncio.get_running_loop()
+        first_byte: dict[str, float] = {}
+        done: dict[str, float] = {}
+        bodies: dict[str, bytes] = {}
+        two_started = asyncio.Event()
+
+        async def generate(name: str, session: aiohttp.ClientSession) -> None:
+            body = b""
+            async with session.post(server.url + CHAT, data=orjson.dumps(ask(name))) as resp:
+                async for chunk in resp.content.iter_any():
+                    first_byte.setdefault(name, loop.time())
+                    if len(first_byte) == 2:
+                        two_started.set()
+                    body += chunk
+            done[name] = loop.time()
+            bodies[name] = body
+
+        async def queue_holds(count: int, session: aiohttp.ClientSession) -> dict[str, float]:
+            # Only the server knows it holds a request; asking it is cheap, and the first stream has a second
+            # to go.
+            async with asyncio.timeout(30):
+                while (metrics := await read_metrics(session, server.url)).get(WAITING) != count and not done:
+                    pass
+            return metrics
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            streams = [asyncio.create_task(generate(name, session)) for name in ("first", "second")]
+            await asyncio.wait_for(two_started.wait(), 30)
+            streams.append(asyncio.create_task(generate("third", session)))
+            seen = [await queue_holds(1, session)]
+            streams.append(asyncio.create_task(generate("fourth", session)))
+            seen.append(await queue_holds(2, session))
+            started_early = set(first_byte)
+            assert not done  # all this within the first stream's second
+            await asyncio.gather(*streams)
+        return seen, started_early, first_byte, done, bodies
+
+    seen, started_early, first_byte, done, bodies = asyncio.run(scenario())
+    assert [(m[RUNNING], m[WAITING]) for m in seen] == [(2, 1), (2, 2)]
+    assert started_early == {"first", "second"}  # the queued two had not had one byte
+    for name, n in lengths.items():
+        chunks = events(bodies[name])
+        assert chunks[-1] == "[DONE]" and len(chunks) == 1 + n + 1  # role, tokens, [DONE]
+    # Never more than two at once: the third to start did so only once one had ended, the fourth once two had.
+    for rank, name in enumerate(sorted(first_byte, key=first_byte.__getitem__)):
+        assert sum(end <= first_byte[name] for end in done.values()) >= rank - 1
+    assert first_byte["third"] + 0.5 < first_byte["fourth"]  # first come, first served
+
+
+def test_max_concurrency_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_concurrency"):
+        MockConfig(max_concurrency=0)
+
+
+def test_burst_pauses_every_stream_with_health_green_and_the_counter_still(
+        launch: Callable[..., MockServer], tmp_path: Path) -> None:
+    script = tmp_path / "script.jsonl"
+    script.write_bytes(orjson.dumps({"match": "", "response": long_answer(20)}) + b"\n")
+    # Pauses of 1 to 2 s after runs of 0.2 to 0.6 s: a stream of 20 tokens at 20/s (1 s of engine time) meets
+    # at least one; a token comes every 0.05 s otherwise.
+    server = launch("--token-rate", "20", "--script", str(script), "--fault", "burst:2:0.4", "--seed", "3")
+
+    async def scenario() -> tuple[bytes, list[float], tuple[float, int, float] | None]:
+        loop = asyncio.get_running_loop()
+        body, gaps, seen = b"", [], None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session, \
+                session.post(server.url + CHAT, data=orjson.dumps(ask("tell me"))) as resp:
+            last = loop.time()
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(resp.content.readany(), 0.4)
+                except TimeoutError:
+                    # 0.4 s without a token, eight times the pace: a pause, with at least 0.6 s of it to go.
+                    if seen is None:
+                        before = (await read_metrics(session, server.url))[TOKENS]
+                        async with session.get(server.url + "/health") as health:
+                            status = health.status
+                        seen = (before, status, (await read_metrics(session, server.url))[TOKENS])
+                    continue
+                if not chunk:
+                    break
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
+                body += chunk
+        return body, gaps, seen
+
+    body, gaps, seen = asyncio.run(scenario())
+    assert seen is not None
+    before, status, after = seen
+    assert status == 200
+    assert before == after  # no token counted while paused
+    assert max(gaps) >= 0.9  # a pause lasts 1 s at least
+    chunks = events(body)
+    assert chunks[-1] == "[DONE]" and len(chunks) == 1 + 20 + 1  # the stream then went on to its end
+    assert "mock: burst pause of" in server.stderr.read_text()
+
+
+def test_prefill_delays_a_long_prompts_first_byte_while_others_stream(launch: Callable[..., MockServer]) -> None:
+    server = launch("--token-rate", "50", "--fault", "prefill:1")  # 1 s per 1000 characters
+
+    async def scenario() -> dict[str, tuple[float, float]]:
+        loop = asyncio.get_running_loop()
+        seen: dict[str, tuple[float, float]] = {}  # prompt -> (its first byte, its end), from its send
+
+        async def generate(name: str, content: str, session: aiohttp.ClientSession) -> None:
+            sent, first = loop.time(), None
+            async with session.post(server.url + CHAT, data=orjson.dumps(ask(content))) as resp:
+                async for _ in resp.content.iter_any():
+                    first = first or loop.time()
+            assert first is not None
+            seen[name] = (first - sent, loop.time() - sent)
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            await asyncio.gather(generate("long", "x" * 2500, session), generate("short", "hi", session))
+        return seen
+
+    seen = asyncio.run(scenario())
+    (long_first, _), (short_first, short_end) = seen["long"], seen["short"]
+    assert long_first >= 2.5  # the server alone slept that long before the first byte
+    assert short_first < long_first
+    assert short_end < long_first  # the short stream went from its first token to [DONE] meanwhile
+
+
 def test_restart_answers_then_exits_0(launch: Callable[..., MockServer]) -> None:
     server = launch()
     status, _, body = post(server.url + "/restart", {})
@@ -311,6 +494,9 @@ def test_restart_answers_then_exits_0(launch: Callable[..., MockServer]) -> None
     ("poison:a:b c", Fault("poison", "a:b c")),
     ("startup-delay:2.5", Fault("startup-delay", 2.5)),
     ("fail-start", Fault("fail-start", None)),
+    ("burst:2", Fault("burst", (2.0, 10.0))),
+    ("burst:1.5:30", Fault("burst", (1.5, 30.0))),
+    ("prefill:0.5", Fault("prefill", 0.5)),
 ])
 def test_parse_fault_accepts(spec: str, fault: Fault) -> None:
     assert parse_fault(spec) == fault
@@ -318,11 +504,17 @@ def test_parse_fault_accepts(spec: str, fault: Fault) -> None:
 
 @pytest.mark.parametrize("spec", ["", "explode", "hang-after", "hang-after:-1", "hang-after:1.5", "crash-after:x",
                                   "error-rate:1.5", "rate-limit:-0.1", "stream-error-rate:nan", "poison:",
-                                  "startup-delay:-1", "startup-delay:inf", "fail-start:1"])
+                                  "startup-delay:-1", "startup-delay:inf", "fail-start:1", "burst", "burst:0",
+                                  "burst:1:0", "burst:x", "burst:1:2:3", "burst:inf", "prefill:-1", "prefill:x"])
 def test_parse_fault_rejects(spec: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_fault(spec)
     assert "\n" not in str(info.value)
+
+
+def test_a_burst_fault_names_itself_as_it_is_written() -> None:
+    assert str(parse_fault("burst:2")) == "burst:2.0:10.0"
+    assert parse_fault(str(parse_fault("burst:1.5:30"))) == Fault("burst", (1.5, 30.0))
 
 
 def test_cli_reports_a_bad_fault() -> None:

@@ -5,6 +5,11 @@ completions, streamed or not) with output that is a pure function of the request
 byte. On demand it misbehaves the ways a real engine does: it wedges while `/health` stays green, crashes,
 refuses to start, answers 500 or 429, breaks streams in band, or hangs on a poison prompt. Fault state lives
 in the process, so a restarted server starts afresh: bringing it back is the supervisor's job.
+
+It can also be paced like an engine rather than a function: a fixed batch (`max_concurrency`: the rest wait in
+a FIFO queue, as in vLLM's, without a body byte), engine-wide pauses (`burst:MAX_S[:EVERY_S]`: every stream stops,
+`/health` stays 200 and no generation token is counted) and first tokens that wait on the prompt's length
+(`prefill:SECONDS_PER_1000_CHARS`), so that a client's wedge detection meets healthy silences too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import sys
 import time
 import uuid
 import weakref
+from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
@@ -30,12 +37,14 @@ from aiohttp import web
 from hallurun.store.jsonl import JsonlError, read_objects
 
 FAULT_KINDS = ("hang-after", "crash-after", "error-rate", "rate-limit", "stream-error-rate", "drop-reused",
-               "poison", "stream-stall", "startup-delay", "fail-start", "no-done", "ignore-restarts")
+               "poison", "stream-stall", "startup-delay", "fail-start", "no-done", "ignore-restarts", "burst",
+               "prefill", "fail-restart")
 _FLAG_FAULTS = frozenset({"fail-start", "no-done"})  # faults that take no value
-_TEXT_FAULTS = frozenset({"poison", "stream-stall"})
+_TEXT_FAULTS = frozenset({"poison", "stream-stall", "fail-restart"})
 _COUNT_FAULTS = frozenset({"hang-after", "crash-after", "ignore-restarts"})
 _PROBABILITY_FAULTS = ("error-rate", "rate-limit", "stream-error-rate")  # order of the per-request draws
 _DROP_REUSED = "drop-reused"  # also a probability, drawn only for a request on a kept-alive connection
+BURST_EVERY_S = 10.0  # burst:MAX_S without EVERY_S: the engine runs about this long between two pauses
 
 VOCAB = ("the", "model", "answer", "is", "a", "river", "of", "light", "in", "north", "city", "born", "known",
          "for", "and", "its", "old", "stone", "bridge", "year", "first", "people", "long", "song")
@@ -46,12 +55,15 @@ KV_CACHE_SLOTS = 256  # running requests at which the pretend KV cache is full
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault, e.g. `Fault("hang-after", 3)`; `value` is None for `fail-start` and `no-done`."""
+    """One injected fault, e.g. `Fault("hang-after", 3)`; `value` is None for `fail-start` and `no-done`, and
+    (MAX_S, EVERY_S) for `burst`."""
 
     kind: str
-    value: float | int | str | None
+    value: float | int | str | tuple[float, float] | None
 
     def __str__(self) -> str:
+        if isinstance(self.value, tuple):
+            return ":".join((self.kind, *map(str, self.value)))
         return self.kind if self.value is None else f"{self.kind}:{self.value}"
 
 
@@ -70,6 +82,11 @@ class MockConfig:
     script: tuple[tuple[str, str], ...] = ()  # (text to find in the prompt, exact answer), first match wins
     api_key: str | None = None  # like vLLM's --api-key: /v1 routes then need `Authorization: Bearer KEY`
     term_delay: float = 0.0  # seconds between a SIGTERM and the exit, like a server shutting down gracefully
+    max_concurrency: int | None = None  # generations that progress at once (None: all); the rest wait FIFO
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
 
 
 def parse_fault(text: str) -> Fault:
@@ -85,6 +102,8 @@ def parse_fault(text: str) -> Fault:
         raise ValueError(f"fault {kind!r} needs a value, as in {kind}:VALUE")
     if kind in _TEXT_FAULTS:
         return Fault(kind, raw)  # TEXT may itself contain colons: only the first one separates
+    if kind == "burst":
+        return _parse_burst(raw)
     if kind in _COUNT_FAULTS:
         try:
             count = int(raw)
@@ -102,6 +121,57 @@ def parse_fault(text: str) -> Fault:
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"fault {kind!r} needs a number of seconds >= 0, got {raw!r}")
     return Fault(kind, number)
+
+
+def _parse_burst(raw: str) -> Fault:
+    """`burst:MAX_S` or `burst:MAX_S:EVERY_S`, both numbers of seconds > 0."""
+    longest, _, every = raw.partition(":")
+    try:
+        values = (float(longest), float(every) if every else BURST_EVERY_S)
+    except ValueError:
+        values = (math.nan, math.nan)
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"fault 'burst' needs MAX_S or MAX_S:EVERY_S, seconds > 0, got {raw!r}")
+    return Fault("burst", values)
+
+
+class Batch:
+    """The engine's running batch: at most `capacity` generations progress at once (None: no limit), the others
+    wait first come, first served, as in vLLM's waiting queue."""
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.running = 0
+        self.queue: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    async def admit(self) -> None:
+        """Wait for a place in the batch; the caller must `release` it once its generation is over."""
+        if self.capacity is None or (self.running < self.capacity and not self.queue):
+            self.running += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self.queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if not turn.cancelled():
+                self.release()  # given the place as it was cancelled: pass it on
+            elif turn in self.queue:  # a release may have passed over it already
+                self.queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        """A generation left the batch: its place goes to the longest-waiting request, if any."""
+        while self.queue:
+            turn = self.queue.popleft()
+            if not turn.done():  # one cancelled is still queued until its task runs again
+                turn.set_result(None)  # the place changes hands: `running` stays
+                return
+        self.running -= 1
 
 
 class ApiError(Exception):
@@ -176,9 +246,12 @@ class MockServer:
         self.rng = random.Random(config.seed)
         self.connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # those that have served
         self.wedged = asyncio.Event()
+        self.stepping = asyncio.Event()  # cleared while a burst pauses the engine
+        self.stepping.set()
+        self.background: set[asyncio.Task[None]] = set()
+        self.batch = Batch(config.max_concurrency)
         self.arrived = 0
         self.restarts_asked = 0
-        self.running = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -194,7 +267,28 @@ class MockServer:
             web.post("/v1/completions", self.completions),
             web.post("/restart", self.restart),
         ])
+        app.on_startup.append(self.start_engine)
         return app
+
+    async def start_engine(self, app: web.Application) -> None:
+        """Start the burst fault's pauses, if asked for, in the server's loop."""
+        burst = self.faults.get("burst")
+        if isinstance(burst, tuple):
+            task = asyncio.get_running_loop().create_task(self.pause_now_and_then(*burst))
+            self.background.add(task)  # the loop keeps only a weak reference to a task
+
+    async def pause_now_and_then(self, longest: float, every: float) -> None:
+        """burst: the engine runs for 0.5 to 1.5 x `every` seconds, then stops every stream for 0.5 to 1 x
+        `longest` seconds (at least half, so that every pause shows), and so on. The draws come from a source of
+        their own, seeded by --seed, so they do not shift the per-request fault draws."""
+        rng = random.Random(f"burst:{self.config.seed}")
+        while True:
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * every)
+            pause = rng.uniform(0.5, 1.0) * longest
+            print(f"mock: burst pause of {pause:.2f} s", file=sys.stderr, flush=True)
+            self.stepping.clear()
+            await asyncio.sleep(pause)
+            self.stepping.set()
 
     @web.middleware
     async def check_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -223,9 +317,10 @@ class MockServer:
         label = f'{{model_name="{escaped}"}}'
         lines = []
         for name, kind, value, help_text in (
-            ("vllm:num_requests_running", "gauge", self.running, "Number of requests in model execution batches."),
-            ("vllm:num_requests_waiting", "gauge", 0, "Number of requests waiting to be processed."),
-            ("vllm:kv_cache_usage_perc", "gauge", min(self.running / KV_CACHE_SLOTS, 1.0),
+            ("vllm:num_requests_running", "gauge", self.batch.running,
+             "Number of requests in model execution batches."),
+            ("vllm:num_requests_waiting", "gauge", self.batch.waiting, "Number of requests waiting to be processed."),
+            ("vllm:kv_cache_usage_perc", "gauge", min(self.batch.running / KV_CACHE_SLOTS, 1.0),
              "KV-cache usage. 1 means 100 percent usage."),
             ("vllm:prompt_tokens_total", "counter", self.prompt_tokens_total, "Number of prefill tokens processed."),
             ("vllm:generation_tokens_total", "counter", self.generation_tokens_total,
@@ -274,7 +369,7 @@ class MockServer:
                 print(f"mock: wedged ({cause}) at request {self.arrived}", file=sys.stderr, flush=True)
             self.wedged.set()
         failure = self.draw_failure()
-        self.running += 1
+        await self.batch.admit()
         try:
             await self.stop_if_wedged()
             if self.config.latency > 0:
@@ -291,9 +386,11 @@ class MockServer:
                     self.stalls.discard(stall)
                     return await self.stream_then_stall(request, job)
                 return await self.stream(request, job, broken=failure == "stream-error-rate")
+            await self.prefill(job)
+            await self.step()
             return self.complete(job)
         finally:
-            self.running -= 1
+            self.batch.release()
 
     def drops_connection(self, request: web.Request) -> bool:
         """drop-reused: close a kept-alive connection as a request arrives on it, unanswered, as vLLM does when
@@ -326,6 +423,20 @@ class MockServer:
         """A wedged engine produces nothing, ever; only a new process recovers."""
         if self.wedged.is_set():
             await asyncio.get_running_loop().create_future()
+
+    async def step(self) -> None:
+        """An engine step, before each token goes out: none while a burst pauses the engine, none ever once
+        wedged."""
+        if not self.stepping.is_set():
+            await self.stepping.wait()
+        await self.stop_if_wedged()
+
+    async def prefill(self, job: GenerationRequest) -> None:
+        """prefill: the first token waits in proportion to the prompt's length; only this request waits, the
+        other streams go on (as with vLLM's chunked prefill)."""
+        per_1000_chars = self.number("prefill")
+        if per_1000_chars:
+            await asyncio.sleep(per_1000_chars * len(job.text) / 1000)
 
     def parse(self, raw: bytes, chat: bool) -> GenerationRequest:
         """Check a completion request the way vLLM does, raising ApiError with vLLM's status and type."""
@@ -394,8 +505,11 @@ class MockServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         try:
             await response.prepare(request)
+            # As from vLLM, the headers go out at once and the first body byte (a chat's role chunk too) with the
+            # first token, once the prompt is prefilled.
+            await self.prefill(job)
+            await self.step()
             if self.config.token_rate <= 0:
-                await self.stop_if_wedged()
                 # Every event in one write (then the body's end): this path serves throughput benchmarks.
                 await response.write(b"".join([opening, *events, closing]))
                 self.generation_tokens_total += len(events)
@@ -404,10 +518,10 @@ class MockServer:
             await response.write(opening)
             for event in events:
                 await asyncio.sleep(1 / self.config.token_rate)
-                await self.stop_if_wedged()
+                await self.step()
                 await response.write(event)
                 self.generation_tokens_total += 1
-            await self.stop_if_wedged()
+            await self.step()
             await response.write(closing)
             # vLLM's server ends the body a moment after [DONE], so a client often reads the two apart: paced here
             # like a token, so that clients meet that case every time.
@@ -424,6 +538,8 @@ class MockServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         with contextlib.suppress(ConnectionResetError):
             await response.prepare(request)
+            await self.prefill(job)
+            await self.step()
             await response.write(opening + events[0])
             await asyncio.get_running_loop().create_future()
         return response
@@ -498,6 +614,15 @@ def serve(config: MockConfig) -> None:
     if "fail-start" in kinds:
         print("mock: fail-start fault: refusing to start", file=sys.stderr, flush=True)
         raise SystemExit(1)
+    marker = kinds.get("fail-restart")
+    if isinstance(marker, str):
+        # Starts once, then never again: a server whose relaunch fails (a GPU lost, a disk gone), told apart
+        # from its first start by a file, since each start is a new process.
+        try:
+            Path(marker).open("x").close()
+        except FileExistsError:
+            print(f"mock: fail-restart fault: {marker} exists, refusing to start again", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
     delay = kinds.get("startup-delay")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C in a terminal is the normal way to stop it
         asyncio.run(_main(config, float(delay) if isinstance(delay, int | float) else 0.0))
