@@ -23,8 +23,10 @@ guardian process reaps it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -39,14 +41,20 @@ from hallurun.config import (
 )
 from hallurun.config import build as build_config
 from hallurun.core import runner
+from hallurun.core.command import Host, in_one_loop
 from hallurun.core.handle import RunHandle
 from hallurun.core.result import RunResult
-from hallurun.core.stage import Executor, in_new_loop
 from hallurun.core.standalone import run_standalone
-from hallurun.errors import UsageError
+from hallurun.errors import EXIT_INTERRUPTED, RunStopped, UsageError
 from hallurun.eval.evaluate import Evaluated, evaluate_run
-from hallurun.eval.model_judge import make_judge
+from hallurun.eval.judge import Judge
+from hallurun.eval.model_judge import ModelJudge, make_judge
 from hallurun.tasks import registry
+
+# How a command's event loop is driven: given its coroutine (for a fresh RunHandle), run it to its end and return
+# what it returns (None: interrupted before it began). The library's default is `core.standalone.run_standalone`;
+# the command line passes `hallurun.process.run`, with its signal handling.
+Driver = Callable[[Callable[[RunHandle], Coroutine[Any, Any, Any]]], Any]
 
 
 def latest_run(root: str | Path = "runs") -> Path:
@@ -124,15 +132,16 @@ def resume(run_dir: str | Path | None = None, *, options: RunOptions | None = No
 def evaluate(run_dir: str | Path | None = None, *, judge: str | None = None, judge_url: str | None = None,
              judge_server: ServerSpec | ServerKind = "vllm", compare_judge: str | None = None,
              evaluator: str | None = None, passages: str | Path | None = None, options: RunOptions | None = None,
-             console: Console | None = None, execute: Executor = in_new_loop) -> Evaluated:
+             console: Console | None = None, drive: Driver = run_standalone) -> Evaluated:
     """Judge a finished run's answers (default: the most recent run under runs/) as its task scores them, and
     write RUN_DIR/eval_results.json, RUN_DIR/eval/<judge>/ (judgments, results, the task's chart).
 
     `judge` is a model (its server launched as `judge_server` says, or the one at `judge_url`), or None /
     "heuristic" for the offline, approximate judge. `compare_judge` adds a second judge and measures how often the
     two agree. `evaluator` scores a run of a plain prompt file as a built-in task; `passages` is a task option
-    (claims verified against them). `options` are the judge stages' operational options; `execute` drives each
-    stage's run (the command line passes its signal handling). Returns every judge's metrics
+    (claims verified against them). `options` are the judge stages' operational options. Every stage runs on one
+    event loop, driven by `drive` (the command line passes its signal handling), so that each judge's server is
+    launched once for all its stages and retries. Returns every judge's metrics
     (`Evaluated.results`: the first judge's eval_results.json). Raises UsageError subclasses for bad input and
     RunStopped when a judge stage stopped (run the same call again to continue)."""
     chosen = Path(run_dir) if run_dir is not None else runner.latest_run()
@@ -141,10 +150,23 @@ def evaluate(run_dir: str | Path | None = None, *, judge: str | None = None, jud
     server = ServerSpec(kind=judge_server) if isinstance(judge_server, str) else judge_server
     if server.kind == "external" and not (judge_url or server.url):
         raise UsageError("--judge-server external needs --judge-url")
-    judges = [make_judge(name, judge_url or server.url, server, options or RunOptions(), execute=execute)
+    judges = [make_judge(name, judge_url or server.url, server, options or RunOptions())
               for name in (judge, *((compare_judge,) if compare_judge else ()))]
     if len(judges) > 1 and judges[1].name == judges[0].name:
         raise UsageError(f"--compare-judge {compare_judge} is the judge already given; name a different one")
     task_options = {"passages": Path(passages)} if passages is not None else {}
     scoring = registry.scoring_of_run(chosen, evaluator, task_options)
-    return evaluate_run(chosen, scoring, judges, console or Console(quiet=True), options=task_options)
+    shown = console or Console(quiet=True)
+
+    def job(host: Host) -> Evaluated:
+        return evaluate_run(chosen, scoring, [_on(host, j) for j in judges], shown, options=task_options)
+
+    done = drive(lambda handle: in_one_loop(job, handle))
+    if done is None:
+        raise RunStopped(EXIT_INTERRUPTED, "interrupted before the evaluation began")
+    return done
+
+
+def _on(host: Host, judge: Judge) -> Judge:
+    """A model judge whose stages run on the command's loop, with its servers."""
+    return dataclasses.replace(judge, execute=host) if isinstance(judge, ModelJudge) else judge

@@ -14,7 +14,7 @@ import click
 import orjson
 
 from hallurun import __version__
-from hallurun.config import Api, RunOptions, ServerKind, ServerOptions
+from hallurun.config import Api, RunOptions, ServerKind, ServerOptions, ServerSpec
 from hallurun.errors import EXIT_BUG, EXIT_INTERRUPTED, HallurunError
 
 if TYPE_CHECKING:
@@ -68,10 +68,21 @@ def _generators() -> list[str]:
 def _operational_options(fn: F) -> F:
     """Options that may change between a run and its resumption."""
     decorators = [
-        option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at once. [default: 64]"),
+        option("--concurrency", type=click.IntRange(min=1),
+               help="Requests in flight at once on each replica. [default: 64]"),
+        option("--replicas", help="Servers to launch, each supervised alone (its own port, log, restarts), or "
+                                  "`auto`: one per visible GPU (CUDA_VISIBLE_DEVICES, else the driver), 1 without "
+                                  "one. [default: 1]"),
+        option("--gpus-per-replica", type=click.IntRange(min=1),
+               help="GPUs of each replica (its own CUDA_VISIBLE_DEVICES; vLLM's --tensor-parallel-size). "
+                    "[default: 1]"),
         option("--stall-timeout", type=float,
-               help="Seconds without a byte from the server, while requests are in flight, that mean a wedge. "
+               help="The most seconds without a byte from a server, while requests are in flight, before it is "
+                    "wedged; the window shrinks below it to what healthy streams on that server look like. "
                     "[default: 30]"),
+        option("--adaptive-window/--fixed-window", "adaptive_window", default=None,
+               help="Learn each server's pace and find a wedge in seconds (the window in force is shown and in "
+                    "hang_detected events), or wait the whole --stall-timeout every time. [default: adaptive]"),
         option("--metrics-interval", type=float,
                help="Seconds between reads of the server's /metrics while it streams (every 2 s once it goes "
                     "quiet); 0 never reads it. Each read stalls vLLM's API server briefly. [default: 10]"),
@@ -93,9 +104,19 @@ def _operational_options(fn: F) -> F:
 def _split_operational(opts: dict[str, Any]) -> tuple[RunOptions, ServerOptions]:
     """The `_operational_options` as typed values: the run-level ones, and the server's launch settings (port,
     python, startup); None: not given."""
+    from hallurun.server import gpus
+
+    replicas = opts.pop("replicas")
     server = ServerOptions(port=opts.pop("port"), python=opts.pop("server_python"),
-                           startup_timeout=opts.pop("startup_timeout"))
+                           startup_timeout=opts.pop("startup_timeout"),
+                           replicas=None if replicas is None else gpus.parse_replicas(replicas),
+                           gpus_per_replica=opts.pop("gpus_per_replica"))
     return RunOptions(**opts), server
+
+
+def _server(kind: ServerKind, urls: tuple[str, ...], host: str, args: tuple[str, ...]) -> ServerSpec:
+    """The server of a new run from the command line: each `--server-url` is one replica of an external pool."""
+    return ServerSpec(kind=kind, url=urls[0] if urls else None, extra_urls=urls[1:], host=host, args=args)
 
 
 def _exit_with(result: RunResult | None) -> None:
@@ -184,7 +205,8 @@ def main() -> None:
 @option("--seed", type=int, help="Sampling seed sent with each request.")
 @option("--server", "server_kind", type=click.Choice(["vllm", "mock", "external"]), default="vllm",
         help="Launch vLLM, launch the mock server, or use a running server.")
-@option("--server-url", help="URL of a running server (implies --server external).")
+@option("--server-url", multiple=True,
+        help="URL of a running server (implies --server external); give it again for each server of a pool.")
 @option("--host", default="127.0.0.1", help="Address the launched server binds.")
 @option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
         help="Run directory. [default: runs/<task>-<model>-<timestamp>]")
@@ -192,7 +214,7 @@ def main() -> None:
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def inference(task: str, dataset: Path | None, limit: int | None, model: str, api_name: Api | None,
               max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
-              server_kind: ServerKind, server_url: str | None, host: str, run_dir: Path | None,
+              server_kind: ServerKind, server_url: tuple[str, ...], host: str, run_dir: Path | None,
               server_args: tuple[str, ...], **ops: Any) -> None:
     """Run a task's prompts against a supervised server. Arguments after `--` go to the server command."""
     from rich.console import Console
@@ -205,7 +227,7 @@ def inference(task: str, dataset: Path | None, limit: int | None, model: str, ap
         task, model=model, dataset=dataset, limit=limit, run_dir=run_dir, options=options,
         sampling=config.SamplingOverrides(api=api_name, max_tokens=max_tokens, temperature=temperature,
                                           top_p=top_p, seed=seed),
-        server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host, args=tuple(server_args))),
+        server=server.over(_server(server_kind, server_url, host, tuple(server_args))),
     )
     _working_on(cfg.run_dir)
     _exit_with(process.run(lambda handle: api.start_async(cfg, console=console, handle=handle), console))
@@ -239,17 +261,26 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: t
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def status(run_dir: Path | None, as_json: bool) -> None:
-    """Show a run's progress, failures and restarts (default: the most recent run)."""
+@click.option("--chart", is_flag=True, help="Also draw RUN_DIR/timeline.png: throughput, and each replica's "
+                                            "serving, wedged, restarting and retired spans.")
+def status(run_dir: Path | None, as_json: bool, chart: bool) -> None:
+    """Show a run's progress, failures, restarts and replicas (default: the most recent run)."""
     from hallurun import api
     from hallurun.store import summary as run_status
 
-    summary = run_status.summarize(_working_on(run_dir or api.latest_run()))
+    chosen = _working_on(run_dir or api.latest_run())
+    summary = run_status.summarize(chosen)
     if as_json:
         click.echo(orjson.dumps(summary).decode())
-        return
-    for line in run_status.describe(summary):
-        click.echo(line)
+    else:
+        for line in run_status.describe(summary):
+            click.echo(line)
+    if chart:
+        from hallurun.core import timeline
+
+        drawn = timeline.write(chosen)
+        click.echo(f"timeline: {drawn}" if drawn else "timeline: nothing to draw yet (no events)",
+                   err=as_json)
 
 
 @main.command("tasks")
@@ -264,16 +295,20 @@ def list_tasks() -> None:
 @main.command()
 @option("--model", default="tiny", show_default=True, help="The model a run would use.")
 @option("--server-python", type=click.Path(dir_okay=False), help="Python of the environment that has vLLM.")
+@option("--replicas", default="1", show_default=True, help="The pool to plan: a number, or `auto`.")
+@option("--gpus-per-replica", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs per replica.")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def doctor(model: str, server_python: str | None, server_args: tuple[str, ...]) -> None:
-    """Check this machine: vLLM, GPU, disk, the model, and the exact server command hallurun would run."""
+def doctor(model: str, server_python: str | None, replicas: str, gpus_per_replica: int,
+           server_args: tuple[str, ...]) -> None:
+    """Check this machine: vLLM, the GPUs and the replica plan, disk, the model, and the exact server command
+    hallurun would run."""
     from rich.console import Console
 
     from hallurun import config
-    from hallurun.server import doctor
+    from hallurun.server import doctor, gpus
 
     cfg = doctor.config_for(model, config.ServerSpec(kind="vllm", python=server_python, args=tuple(server_args)))
-    sys.exit(doctor.report(cfg, Console()))
+    sys.exit(doctor.report(cfg, Console(), gpus.parse_replicas(replicas), gpus_per_replica))
 
 
 @main.command("tiny-model")
@@ -304,7 +339,15 @@ def tiny_model_command(path: Path | None) -> None:
               help="Inject a fault (repeatable): hang-after:N, crash-after:N, error-rate:P, rate-limit:P, "
                    "stream-error-rate:P, drop-reused:P, poison:TEXT, stream-stall:TEXT, startup-delay:S, fail-start, "
                    "no-done (streams end without `data: [DONE]`), ignore-restarts:N (the first N POST /restart "
-                   "are answered but not done).")
+                   "are answered but not done), burst:MAX_S[:EVERY_S] (the whole engine pauses now and then), "
+                   "prefill:S_PER_1000_CHARS (a long prompt's first token comes late), fail-restart:PATH (starts "
+                   "once; a start that finds PATH fails).")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=None,
+              help="Generations that progress at once, like an engine's batch; the others wait their turn "
+                   "without a byte. [default: unlimited]")
+@click.option("--replica-fault", "replica_faults", multiple=True, metavar="I:SPEC",
+              help="A --fault only for the server launched as replica I of a pool (HALLURUN_REPLICA), repeatable: "
+                   "one replica wedges while the others serve.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random faults.")
 @click.option("--script", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSONL of {"match": TEXT, "response": ANSWER}: a prompt containing TEXT gets ANSWER verbatim.')
@@ -313,8 +356,9 @@ def tiny_model_command(path: Path | None) -> None:
 @click.option("--term-delay", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds from a SIGTERM to the exit, serving meanwhile (a slow graceful shutdown).")
 def mock_server_command(host: str, port: int, model_name: str | None, latency: float, token_rate: float,
-                        max_model_len: int | None, faults: tuple[str, ...], seed: int, script: str | None,
-                        api_key: str | None, term_delay: float) -> None:
+                        max_model_len: int | None, faults: tuple[str, ...], max_concurrency: int | None,
+                        replica_faults: tuple[str, ...], seed: int, script: str | None, api_key: str | None,
+                        term_delay: float) -> None:
     """A fault-injecting server that behaves like vLLM's OpenAI server."""
     from hallurun.server import mock as mock_server
 
@@ -322,6 +366,17 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         parsed = tuple(mock_server.parse_fault(text) for text in faults)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
+    me = os.environ.get("HALLURUN_REPLICA", "0")
+    for text in replica_faults:
+        index, _, spec = text.partition(":")
+        if not index.isdigit() or not spec:
+            raise click.BadParameter(f"{text!r}: give I:SPEC, as in 1:hang-after:5", param_hint="--replica-fault")
+        try:
+            fault = mock_server.parse_fault(spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--replica-fault") from None
+        if int(index) == int(me or 0):
+            parsed += (fault,)
     try:
         scripted = mock_server.load_script(script) if script else ()
     except ValueError as exc:
@@ -329,7 +384,7 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
     mock_server.serve(mock_server.MockConfig(
         host=host, port=port, model_name=model_name, latency=latency, token_rate=token_rate,
         max_model_len=max_model_len, faults=parsed, seed=seed, script=scripted, api_key=api_key,
-        term_delay=term_delay,
+        term_delay=term_delay, max_concurrency=max_concurrency,
     ))
 
 
@@ -371,7 +426,7 @@ def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None,
             _working_on(run_dir or api.latest_run()), judge=judge, judge_url=judge_url, compare_judge=compare_judge,
             judge_server=server.over(config.ServerSpec(kind=judge_server, host=host, args=tuple(server_args))),
             evaluator=evaluator, passages=passages, options=options, console=console,
-            execute=functools.partial(process.run, console=console))
+            drive=functools.partial(process.run, console=console))
     except KeyboardInterrupt:
         click.echo("interrupted; run the same `hallurun eval` command again to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -413,24 +468,27 @@ def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool
 @click.option("--seed", default=0, type=int, help="Seed for choosing documents and passages.")
 @option("--server", "server_kind", type=click.Choice(["vllm", "mock", "external"]), default="vllm",
         help="Launch vLLM, launch the mock server, or use a running server.")
-@option("--server-url", help="URL of a running server (implies --server external; no relaunch between stages).")
+@option("--server-url", multiple=True,
+        help="URL of a running server (implies --server external; no relaunch between stages); give it again for "
+             "each server of a pool.")
 @option("--host", default="127.0.0.1", help="Address the launched server binds.")
 @click.option("--retry-failed", is_flag=True, help="Ask again for requests that failed in an earlier try.")
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def generate(task_name: str | None, docs: Path, model: str, n: int, out: Path | None, seed: int, server_kind: str,
-             server_url: str | None, host: str, retry_failed: bool, server_args: tuple[str, ...],
+             server_url: tuple[str, ...], host: str, retry_failed: bool, server_args: tuple[str, ...],
              **ops: Any) -> None:
     """Build a PreciseWikiQA question file with a generator model: a question per passage, then an
     answerability check. Both stages run supervised and resumable; run the same command again to continue.
     Arguments after `--` go to the server command."""
-    import functools
+    import dataclasses
 
     from rich.console import Console
 
-    from hallurun import config, process
-    from hallurun.core import stage
+    from hallurun import process
+    from hallurun.core import command, stage
     from hallurun.tasks import registry as tasks
+    from hallurun.tasks.plugin import Generated
 
     can = tasks.generators()
     if task_name is None and len(can) == 1:
@@ -438,13 +496,19 @@ def generate(task_name: str | None, docs: Path, model: str, n: int, out: Path | 
     if task_name is None:  # a given --task is one of them (click's choice)
         _fail(f"--task: give the task to generate for, one of {', '.join(can)}")
     operational, server = _split_operational(ops)
-    settings = stage.Settings(
-        model=model, retry_failed=retry_failed, operational=operational,
-        server=server.over(config.ServerSpec(kind=server_kind, url=server_url, host=host, args=tuple(server_args))),
-        execute=functools.partial(process.run, console=Console(soft_wrap=True)),
-    )
+    settings = stage.Settings(model=model, retry_failed=retry_failed, operational=operational,
+                              server=server.over(_server(server_kind, server_url, host, tuple(server_args))))
+    generator = can[str(task_name)]
+
+    def job(host: command.Host) -> Generated:
+        # Both stages on one loop, with one server launch for the two (`core.command`).
+        return generator.run(docs, n, seed, out, dataclasses.replace(settings, execute=host))
+
+    made = process.run(lambda handle: command.in_one_loop(job, handle), Console(soft_wrap=True))
+    if not isinstance(made, Generated):
+        _exit_with(None)  # interrupted before the first stage began
     # Like inference: done, but some requests failed or nothing was kept: 1.
-    sys.exit(0 if can[str(task_name)].run(docs, n, seed, out, settings).complete else 1)
+    sys.exit(0 if made.complete else 1)
 
 
 @main.command("build-entities", context_settings={"show_default": True})

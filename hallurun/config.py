@@ -47,6 +47,16 @@ class ServerSpec:
     python: str | None = None  # interpreter that has vLLM; None: the current one
     args: tuple[str, ...] = ()  # appended to the server command
     startup_timeout: float = 900.0
+    # The pool: launched servers, each supervised alone ("auto": one per visible GPU, 1 without one). An external
+    # pool is `url` and `extra_urls`, one replica per URL.
+    replicas: int | Literal["auto"] = 1
+    gpus_per_replica: int = 1  # passed to vLLM as --tensor-parallel-size
+    extra_urls: tuple[str, ...] = ()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The external servers' URLs, one replica each (empty for a launched server)."""
+        return (self.url, *self.extra_urls) if self.url else ()
 
 
 def _given(value: Any) -> dict[str, Any]:
@@ -83,6 +93,8 @@ class ServerOptions:
     python: str | None = None
     startup_timeout: float | None = None
     args: tuple[str, ...] | None = None
+    replicas: int | Literal["auto"] | None = None
+    gpus_per_replica: int | None = None
 
     def over(self, spec: ServerSpec) -> ServerSpec:
         """`spec` with what was given here."""
@@ -102,6 +114,7 @@ class RunOptions:
     max_restarts: int | None = None
     restart_wait: float | None = None
     enable_restart: bool | None = None  # HalluLens' ENABLE_SERVER_RESTART
+    adaptive_window: bool | None = None  # False: a wedge is --stall-timeout of silence, as before pools
 
     def over(self, base: RunOptions) -> RunOptions:
         """`base` with what was given here."""
@@ -132,6 +145,7 @@ class RunConfig:
     max_restarts: int = 10
     restart_wait: float | None = None  # None: adapt to the observed first startup time
     enable_restart: bool = True
+    adaptive_window: bool = True  # the wedge window learns each replica's pace, with stall_timeout its ceiling
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
@@ -149,7 +163,13 @@ class RunConfig:
             (0 < self.sampling.top_p <= 1, "--top-p must be above 0 and at most 1"),
             (self.server.startup_timeout > 0, "--startup-timeout must be positive"),
             (self.server.port is None or 0 < self.server.port < 65536, "--port must be between 1 and 65535"),
-            (self.server.url is None or not _has_credentials(self.server.url),
+            (self.server.replicas == "auto" or (isinstance(self.server.replicas, int)
+                                                 and self.server.replicas >= 1),
+             "--replicas must be a whole number of at least 1, or auto"),
+            (self.server.gpus_per_replica >= 1, "--gpus-per-replica must be at least 1"),
+            (not (self.server.urls and self.server.replicas not in (1, "auto")),
+             "--replicas does not apply to --server-url: each URL given is one replica"),
+            (not any(_has_credentials(url) for url in self.server.urls),
              "--server-url must not carry credentials (user:password@): a command line is visible to every user "
              "in `ps`; put a bearer key in HALLURUN_API_KEY instead"),
         ]
@@ -163,6 +183,7 @@ class RunConfig:
         data["dataset"] = str(self.dataset)
         data["run_dir"] = str(self.run_dir)
         data["server"]["args"] = list(self.server.args)
+        data["server"]["extra_urls"] = list(self.server.extra_urls)
         return data
 
     @classmethod
@@ -172,6 +193,7 @@ class RunConfig:
         data["sampling"] = Sampling(**data["sampling"])
         server = dict(data["server"])
         server["args"] = tuple(server.get("args", ()))
+        server["extra_urls"] = tuple(server.get("extra_urls", ()))
         data["server"] = ServerSpec(**server)
         data["dataset"] = Path(data["dataset"])
         data["run_dir"] = Path(data["run_dir"])
@@ -212,6 +234,11 @@ def server_spec(server: ServerSpec | ServerKind) -> ServerSpec:
         spec = dataclasses.replace(spec, kind="external")
     if spec.kind == "external" and not spec.url:
         raise ConfigError("--server external needs --server-url")
+    seen: set[str] = set()
+    for url in spec.urls:
+        if url.rstrip("/") in seen:
+            raise ConfigError(f"--server-url {url} is given twice: each URL is one replica")
+        seen.add(url.rstrip("/"))
     return spec
 
 

@@ -21,7 +21,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -34,13 +34,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # cannot finish while this very handler holds the event loop, and that lines simply run again after a resume.
 SECOND_SIGNAL_FLUSH_S = 2.0
 
-Main = Callable[[RunHandle], Coroutine[Any, Any, RunResult]]
+T = TypeVar("T")
+Main = Callable[[RunHandle], Coroutine[Any, Any, T]]
 
 
-def run(main: Main, console: Console) -> RunResult | None:
+def run(main: Main[T], console: Console) -> T | RunResult | None:
     """Run `main(handle)` (e.g. `lambda h: runner.start_async(cfg, console=c, handle=h)`) in a new event loop
     under hallurun's signal handling, printing the signal messages to `console`. Returns the run's result, also
-    when a signal interrupted it; None when it was interrupted before the run began (nothing was done)."""
+    when a signal interrupted it; None when it was interrupted before the run began (nothing was done). A command
+    of several runs (`core.command.in_one_loop`) returns its own value, or raises its own stop."""
     handle = RunHandle()
     with _Latch() as latch:
         return asyncio.run(_supervise(main, handle, console, latch))
@@ -49,7 +51,7 @@ def run(main: Main, console: Console) -> RunResult | None:
 class _Signals:
     """What a signal does to the run in progress: the first cancels it, the second ends the process now."""
 
-    def __init__(self, task: asyncio.Task[RunResult], handle: RunHandle, console: Console) -> None:
+    def __init__(self, task: asyncio.Task[Any], handle: RunHandle, console: Console) -> None:
         self.task, self.handle, self.console = task, handle, console
         self.count = 0
 
@@ -70,7 +72,7 @@ class _Signals:
         os._exit(EXIT_INTERRUPTED)
 
 
-async def _supervise(main: Main, handle: RunHandle, console: Console, latch: _Latch) -> RunResult | None:
+async def _supervise(main: Main[T], handle: RunHandle, console: Console, latch: _Latch) -> T | RunResult | None:
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(main(handle), name="hallurun-run")
     on_signal = _Signals(task, handle, console)

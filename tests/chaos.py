@@ -107,6 +107,7 @@ class Schedule:
     api_key: str | None
     restart_delay: float  # external: the supervisor's most seconds before it brings the mock back
     actions: tuple[Action, ...]
+    replicas: int = 1  # managed: the pool's size (each replica its own mock process, log and restart budget)
 
     @property
     def poison_text(self) -> str:
@@ -195,7 +196,9 @@ def make_schedule(seed: int) -> Schedule:
         request_timeout=rng.choice((None, None, 20.0, round(rng.uniform(0.5, 3.0), 2))),
         latency=latency, token_rate=token_rate, faults=tuple(faults), proxy=proxy,
         api_key=rng.choice((None, None, None, f"key-{seed}-secret")), restart_delay=rng.uniform(0.0, 1.5),
-        actions=tuple(actions))
+        actions=tuple(actions),
+        # Drawn last, so that every earlier draw (and so every older seed's faults) stays as it was.
+        replicas=rng.choice((1, 1, 2, 3)) if mode == "managed" else 1)
     return dataclasses.replace(schedule, items=_items_within(schedule, WORK_BUDGET_S))
 
 
@@ -425,7 +428,7 @@ def inference_command(schedule: Schedule, data: Path, run_dir: Path, server_url:
     if server_url is not None:
         # An external server that is wedged when a resume starts is not hallurun's to restart: give up in 30 s.
         return [*cmd, "--server-url", server_url, "--restart-wait", "30", "--startup-timeout", "30"]
-    return [*cmd, "--server", "mock", "--", *_mock_args(schedule)]
+    return [*cmd, "--server", "mock", "--replicas", str(schedule.replicas), "--", *_mock_args(schedule)]
 
 
 def run_schedule(schedule: Schedule, root: Path) -> Finished:
@@ -462,8 +465,9 @@ def run_schedule(schedule: Schedule, root: Path) -> Finished:
             finished.proxy_log = (external.proxy_log.read_text(errors="replace")
                                   if external.proxy_log.exists() else "")
         else:
-            log = run_dir / "server.log"
-            finished.server_log = log.read_text(errors="replace") if log.exists() else ""
+            # server.log, or server-<i>.log for each replica of a pool: the facts are summed over all of them.
+            logs = sorted(run_dir.glob("server*.log"))
+            finished.server_log = "".join(log.read_text(errors="replace") for log in logs)
     return finished
 
 

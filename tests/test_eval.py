@@ -172,12 +172,21 @@ def test_eval_with_heuristic_and_scripted_model_judge(hallurun: Hallurun, tmp_pa
     assert decisions["hallucinated"]["kappa"] == pytest.approx(1.0)
     assert "Cohen's kappa" in proc.stdout and "0.727" in proc.stdout
 
+    # The judge was loaded once for its four stages: the first stage started it, the others used it; its log and
+    # the events of its life between stages are in the judge's folder.
+    def starts() -> dict[str, int]:
+        return {stage: [e["event"] for e in read_jsonl(run_dir / "eval" / "judge-model" / stage / "events.jsonl")
+                        ].count("server_started") for stage in stage_ids}
+
+    assert sum(starts().values()) == 1 and starts()["abstain"] == 1
+    assert "mock-server" in (run_dir / "eval" / "judge-model" / "server.log").read_text()
+    lifetime = [e["event"] for e in read_jsonl(run_dir / "eval" / "judge-model" / "events.jsonl")]
+    assert lifetime[-2:] == ["server_stopping", "server_stopped"]
     # Again: every stage is finished, so no server starts and nothing is judged twice.
+    before = starts()
     ok(hallurun.run("eval", str(run_dir), "--judge", "judge-model", "--judge-server", "mock", "--", "--script",
                     str(verdicts)))
-    for stage in stage_ids:
-        events = read_jsonl(run_dir / "eval" / "judge-model" / stage / "events.jsonl")
-        assert [e["event"] for e in events].count("server_started") == 1
+    assert starts() == before
     assert results(run_dir / "eval" / "judge-model" / "eval_results.json")["halu_Rate"] == model["halu_Rate"]
 
     # compare: two runs side by side (the second one's answers are the mock's noise).
@@ -188,6 +197,26 @@ def test_eval_with_heuristic_and_scripted_model_judge(hallurun: Hallurun, tmp_pa
     assert "run" in proc.stdout and "other" in proc.stdout and "42.9%" in proc.stdout
     both = orjson.loads(ok(hallurun.run("compare", str(run_dir), str(other), "--judge", "heuristic", "--json")).stdout)
     assert [r["judge"] for r in both] == ["heuristic", "heuristic"] and both[0]["halu_Rate"] == pytest.approx(3 / 7)
+
+
+def test_a_judge_loaded_once_still_records_each_stages_own_restart(hallurun: Hallurun, tmp_path: Path,
+                                                                  sample_run: tuple[Path, dict[str, str]]) -> None:
+    run_dir, questions = sample_run
+    verdicts = judge_script(tmp_path / "judge.jsonl", questions)
+    # Each judge process wedges at its 12th request: the first stage (a probe and 9 prompts) passes, a later
+    # stage meets the wedge, and its restart is that stage's.
+    ok(hallurun.run("eval", str(run_dir), "--judge", "judge-model", "--judge-server", "mock", "--stall-timeout",
+                    "2", "--", "--script", str(verdicts), "--fault", "hang-after:12"))
+    judge_dir = run_dir / "eval" / "judge-model"
+    stages = sorted(p.name for p in judge_dir.iterdir() if p.is_dir())
+    kinds = {stage: [e["event"] for e in read_jsonl(judge_dir / stage / "events.jsonl")] for stage in stages}
+    assert "hang_detected" not in kinds["abstain"] and kinds["abstain"].count("server_started") == 1
+    troubled = [stage for stage in stages if "hang_detected" in kinds[stage]]
+    assert troubled and all(kinds[s].count("server_restarted") == kinds[s].count("hang_detected") for s in troubled)
+    # One launch, plus one per wedge: never one per stage.
+    launches = sum(k.count("server_started") for k in kinds.values())
+    assert launches == 1 + sum(k.count("hang_detected") for k in kinds.values())
+    assert results(judge_dir / "eval_results.json")["counts"]["scored"] == 9
 
 
 def test_eval_resumes_after_kill_9_and_judges_each_item_once(hallurun: Hallurun, tmp_path: Path) -> None:

@@ -160,6 +160,10 @@ def test_generate_builds_a_precisewikiqa_file_and_drops_what_the_check_rejects(h
     # Only parsed questions were checked: the check stage never saw the unparseable ones.
     prompts, done = stage_ids(work, "answerability")
     assert len(prompts) == 28 and sorted(done) == sorted(prompts)
+    # One generator launch for both stages: the first started it, the second used it.
+    starts = {stage: [e["event"] for e in read_jsonl(work / stage / "run" / "events.jsonl")].count("server_started")
+              for stage in ("questions", "answerability")}
+    assert starts == {"questions": 1, "answerability": 0}
 
     # Running the same command again starts no server and rewrites the same file.
     before = out.read_bytes()

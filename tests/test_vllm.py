@@ -94,9 +94,40 @@ def test_real_wedge_and_engine_death_are_each_recovered_with_one_restart(halluru
     assert [r["cause"] for r in restarts] == ["wedge", "server_exited"]
     assert len(events(run_dir, "hang_detected")) == 1
     wedge = events(run_dir, "hang_detected")[0]
-    assert wedge["quiet_s"] >= 10
+    # The window learned this engine's pace: found within it, and never later than the --stall-timeout ceiling.
+    assert wedge["window_s"] <= 10 and wedge["quiet_s"] >= wedge["window_s"]
     # vLLM's own token counter, read every 2 s once the streams went quiet, stood still too.
     assert wedge["tokens_flat_s"] is not None and wedge["tokens_flat_s"] >= 4
+
+
+def _session_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+
+
+def test_a_wedged_replica_of_two_is_restarted_alone_while_the_other_serves(hallurun: Hallurun,
+                                                                         tmp_path: Path) -> None:
+    proc, run_dir, ids = start_vllm_run(hallurun, tmp_path, 500, "--replicas", "2", "--concurrency", "8",
+                                        "--stall-timeout", "10")
+    try:
+        wait_until(lambda: len(read_jsonl(run_dir / "results.jsonl")) >= 40, STARTUP, "first results")
+        cores = wait_until(lambda: len(engine_cores(run_dir)) == 2 and engine_cores(run_dir), 30, "two engines")
+        leaders = {e["pid"]: e["replica"] for e in events(run_dir, "server_started")}
+        wedged = leaders[_session_of(cores[0])]
+        os.kill(cores[0], signal.SIGSTOP)  # one engine stops; its API server keeps answering /health
+        wait_until(lambda: events(run_dir, "server_restarted"), STARTUP, "a restart after the wedge")
+        assert proc.wait(900) == 0, (tmp_path / "hallurun.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_exactly_once(run_dir, ids)
+    (hang,) = events(run_dir, "hang_detected")
+    (restart,) = events(run_dir, "server_restarted")
+    assert hang["replica"] == restart["replica"] == wedged
+    # The other replica never paused: it settled items between the wedge's detection and the restart.
+    during = [r for r in read_jsonl(run_dir / "results.jsonl") if hang["t"] < r["done_at"] < restart["t"]]
+    assert during
+    assert (run_dir / "server-0.log").exists() and (run_dir / "server-1.log").exists()
+    assert not server_processes(run_dir)
 
 
 def test_kill_9_of_hallurun_leaves_no_vllm_process_and_resume_finishes(hallurun: Hallurun, tmp_path: Path) -> None:

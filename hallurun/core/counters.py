@@ -9,6 +9,19 @@ from hallurun.wire.metrics import ServerMetrics
 
 
 @dataclass
+class ReplicaStats:
+    """One replica's line in the display: its state, its load, its restarts and the silence window in force."""
+
+    index: int = 0
+    state: str = "starting"  # starting, running, unreachable, restarting, retired
+    in_flight: int = 0
+    restarts: int = 0
+    wedges: int = 0
+    window: float | None = None  # the wedge window in force, seconds
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+
+
+@dataclass
 class RunStats:
     """What the progress display and the final summary show."""
 
@@ -23,9 +36,21 @@ class RunStats:
     wedges: int = 0
     crashes: int = 0
     quarantined: int = 0
-    server_state: str = "starting"
     started: float = field(default_factory=time.monotonic)
-    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    replicas: list[ReplicaStats] = field(default_factory=lambda: [ReplicaStats()])
+
+    @property
+    def server_state(self) -> str:
+        """The single server's state, or how many replicas of the pool serve."""
+        if len(self.replicas) == 1:
+            return self.replicas[0].state
+        serving = sum(r.state == "running" for r in self.replicas)
+        return f"{serving}/{len(self.replicas)} serving"
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        """The first replica's engine metrics (the only one's, for a single server)."""
+        return self.replicas[0].metrics
 
     @property
     def settled(self) -> int:

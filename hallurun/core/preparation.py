@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hallurun.config import ConfigError, RunConfig, RunOptions, ServerOptions, resumed
 from hallurun.errors import UsageError
-from hallurun.server import launch
+from hallurun.server import launch, pool
 from hallurun.server.supervisor import free_port
 from hallurun.store import manifest
 from hallurun.store.dataset import DatasetError, DatasetInfo, scan
@@ -116,6 +116,7 @@ def _lock(run_dir: Path) -> RunLock:
 def preflight(config: RunConfig) -> DatasetInfo:
     """Everything checked before any work starts: the data, the host, the server's Python; the tiny model built."""
     info = _scan(config)
+    pool.slots(config.server, os.environ)  # a pool that does not fit the GPUs is a ConfigError, here
     _check_host(config)
     _check_server_python(config)
     _prepare_model(config)

@@ -11,7 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from hallurun.core.counters import RunStats
+from hallurun.core.counters import ReplicaStats, RunStats
 
 LOG_INTERVAL = 10.0  # seconds between plain progress lines when stdout is not a terminal
 
@@ -24,12 +24,27 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _window(replica: ReplicaStats) -> str:
+    return "--" if replica.window is None else f"{replica.window:.1f}s"
+
+
+def replica_line(replica: ReplicaStats) -> str:
+    """One replica of a pool: its state, its load, its engine's speed, its restarts, its wedge window."""
+    speed = replica.metrics.tokens_per_s
+    return (f"replica {replica.index}: {replica.state} · in flight {replica.in_flight} · "
+            + (f"{speed:.0f} tok/s · " if speed is not None else "")
+            + f"restarts {replica.restarts} · window {_window(replica)}")
+
+
 def progress_line(stats: RunStats) -> str:
-    """One plain line with every counter, for logs."""
-    return (f"progress {stats.settled}/{stats.total} done={stats.done} failed={stats.failed} "
+    """One plain line with every counter, for logs (and a part per replica for a pool)."""
+    line = (f"progress {stats.settled}/{stats.total} done={stats.done} failed={stats.failed} "
             f"in_flight={stats.in_flight} rate={stats.rate():.1f}/s eta={_duration(stats.eta())} "
             f"retries={stats.retries} resent={stats.resent} restarts={stats.restarts} server={stats.server_state}"
             + (f" engine: {stats.metrics.describe()}" if stats.metrics.sampled_at is not None else ""))
+    if len(stats.replicas) > 1:
+        line += "".join(f" | {replica_line(r)}" for r in stats.replicas)
+    return line
 
 
 def _render(stats: RunStats) -> Group:
@@ -40,7 +55,10 @@ def _render(stats: RunStats) -> Group:
     counters = Table.grid(padding=(0, 2))
     counters.add_row(f"in flight {stats.in_flight}", f"[green]done {stats.done}", f"[red]failed {stats.failed}",
                      f"retries {stats.retries}", f"resent {stats.resent}", f"[yellow]restarts {stats.restarts}",
-                     f"quarantined {stats.quarantined}", f"server {stats.server_state}")
+                     f"quarantined {stats.quarantined}", f"server {stats.server_state}",
+                     f"window {_window(stats.replicas[0])}" if len(stats.replicas) == 1 else "")
+    if len(stats.replicas) > 1:
+        return Group(top, counters, *(Text(replica_line(r), style="dim") for r in stats.replicas))
     engine = stats.metrics.describe()
     return Group(top, counters, Text(f"engine: {engine}", style="dim")) if engine else Group(top, counters)
 
@@ -78,6 +96,9 @@ def summary_table(stats: RunStats, title: str) -> Table:
         ("wedges", stats.wedges), ("crashes", stats.crashes), ("restarts", stats.restarts),
         ("quarantined", stats.quarantined), ("elapsed", _duration(elapsed)), ("rate", f"{stats.rate():.1f}/s"),
     ]
+    if len(stats.replicas) > 1:
+        rows += [(f"replica {r.index}", f"{r.state}, {r.restarts} restart(s), {r.wedges} wedge(s)")
+                 for r in stats.replicas]
     for name, value in rows:
         table.add_row(name, str(value))
     return table

@@ -31,15 +31,17 @@ import orjson
 from rich.console import Console
 
 from hallurun.config import RunConfig, RunOptions, ServerOptions
-from hallurun.core import preparation
-from hallurun.core.counters import RunStats
+from hallurun.core import preparation, timeline
+from hallurun.core.counters import ReplicaStats, RunStats
 from hallurun.core.handle import RunHandle
 from hallurun.core.preparation import Prepared
 from hallurun.core.progress import live, progress_line, summary_table
+from hallurun.core.replica import Replica
 from hallurun.core.result import RunResult, Status
 from hallurun.core.scheduler import RestartBudgetExhausted, Scheduler
 from hallurun.core.uncancellable import in_thread, to_the_end
 from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_OK, UsageError
+from hallurun.server import pool
 from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor
 from hallurun.store import manifest
 from hallurun.store.checkpoint import Checkpoint
@@ -314,7 +316,10 @@ async def _drive(run: _Open, console: Console, handle: RunHandle, interrupt: _In
     display = asyncio.create_task(live(stats, console), name="progress")
     try:
         if not await in_thread(items.all_settled, checkpoint):  # it may read the whole dataset
-            await _serve(run, items, handle, interrupt)
+            await _serve(run, items, handle, interrupt, console)
+            if items.changed is None and not await in_thread(items.all_settled, checkpoint):
+                # Never "complete" with an item missing: a scheduler that stopped early is a bug, and says so.
+                raise RuntimeError("the scheduler ended with items neither done nor failed")
     except asyncio.CancelledError as exc:
         interrupt.note(exc, stopping=handle.stopping)
         # An interrupt as the last items settled (the scheduler winding down) leaves nothing to resume.
@@ -344,24 +349,32 @@ async def _drive(run: _Open, console: Console, handle: RunHandle, interrupt: _In
     return _Outcome("complete")
 
 
-async def _serve(run: _Open, items: _Items, handle: RunHandle, interrupt: _Interrupt) -> None:
-    """The server and the scheduler, until every item is settled (or the run stops); the server is stopped at the
-    end whatever happens, to its end even through a cancellation (a half-stopped server is an orphan)."""
+async def _serve(run: _Open, items: _Items, handle: RunHandle, interrupt: _Interrupt, console: Console) -> None:
+    """The servers and the scheduler, until every item is settled (or the run stops); every server is stopped at
+    the end whatever happens, to its end even through a cancellation (a half-stopped server is an orphan)."""
     config, checkpoint, events, stats = run.config, run.checkpoint, run.events, run.stats
-    connector = aiohttp.TCPConnector(limit=config.concurrency + 8, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
-    session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    key = api_key()
+    env = _server_env(config, key)
+    lender = handle.servers
+    if lender is None:
+        slots = pool.slots(config.server, os.environ)
+        connector = aiohttp.TCPConnector(limit=(config.concurrency + 8) * len(slots), limit_per_host=0)
+        session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None,
+                                                                                             sock_connect=30))
+        supervisors = [Supervisor(config, events.tagged(replica=slot.index), session, env, api_key=key, slot=slot)
+                       for slot in slots]
+    else:
+        # The command lends its servers: started by the first run that needs them, stopped when it ends.
+        session, supervisors = lender.lend(config, events, env, key)
     try:
-        key = api_key()
-        supervisor = Supervisor(config, events, session, _server_env(config, key), api_key=key)
-        handle.attach(supervisor=supervisor)
-        activity = Activity()
-        client = Client(session, supervisor.base_url, config.model, config.sampling, activity, api_key=key)
-        scheduler = Scheduler(config, iter(items), checkpoint, events, supervisor, client, activity, stats)
-        metrics = asyncio.create_task(poll(session, lambda: supervisor.base_url, stats.metrics, activity,
-                                           config.metrics_interval), name="metrics")
+        replicas = [_replica(config, supervisor, session, key) for supervisor in supervisors]
+        handle.attach(supervisors=supervisors)
+        scheduler = Scheduler(config, iter(items), checkpoint, stats, replicas,
+                              say=lambda line: console.print(line, highlight=False, markup=False))
+        metrics = [asyncio.create_task(poll(session, functools.partial(_base_url, r), r.stats.metrics, r.activity,
+                                            config.metrics_interval), name=f"metrics-{r.index}")
+                   for r in replicas]
         try:
-            await supervisor.start()
             await scheduler.run()
         except asyncio.CancelledError as exc:
             interrupt.note(exc, stopping=False)
@@ -370,16 +383,39 @@ async def _serve(run: _Open, items: _Items, handle: RunHandle, interrupt: _Inter
             # The run's work is over: a cancellation from here on lets the stop finish, so that a complete run
             # still ends as complete (and a second Ctrl-C is the command line's kill_servers_now).
             handle.begin_stopping()
-            await to_the_end(_wind_down(metrics, supervisor), functools.partial(interrupt.note, stopping=True))
+            await to_the_end(_wind_down(metrics, replicas if lender is None else []),
+                             functools.partial(interrupt.note, stopping=True))
     finally:
-        # Closed to its end too: a cancellation that replaced the error on its way out (a server that could not
-        # be started, a full disk) would turn the run's ending into "interrupted" (130).
-        await to_the_end(session.close(), functools.partial(interrupt.note, stopping=True))
+        if lender is not None:
+            lender.give_back(supervisors)
+        else:
+            # Closed to its end too: a cancellation that replaced the error on its way out (a server that could
+            # not be started, a full disk) would turn the run's ending into "interrupted" (130).
+            await to_the_end(session.close(), functools.partial(interrupt.note, stopping=True))
 
 
-async def _wind_down(metrics: asyncio.Task[None], supervisor: Supervisor) -> None:
-    metrics.cancel()
-    await asyncio.gather(metrics, return_exceptions=True)
+def _replica(config: RunConfig, supervisor: Supervisor, session: aiohttp.ClientSession, key: str | None) -> Replica:
+    activity = Activity()
+    client = Client(session, supervisor.base_url, config.model, config.sampling, activity, api_key=key)
+    return Replica(supervisor.slot.index, supervisor, client, activity, supervisor.events,
+                   ReplicaStats(index=supervisor.slot.index))
+
+
+def _base_url(replica: Replica) -> str:
+    return replica.supervisor.base_url  # asked at each read: a relaunched server may listen on another port
+
+
+async def _wind_down(metrics: list[asyncio.Task[None]], replicas: list[Replica]) -> None:
+    for task in metrics:
+        task.cancel()
+    await asyncio.gather(*metrics, return_exceptions=True)
+    stops = await asyncio.gather(*(_stop(r.supervisor) for r in replicas), return_exceptions=True)
+    for failure in stops:
+        if isinstance(failure, BaseException):
+            raise failure
+
+
+async def _stop(supervisor: Supervisor) -> None:
     try:
         await supervisor.stop()
     finally:
@@ -399,7 +435,30 @@ def _close_and_finish(run: _Open, outcome: _Outcome, out: _Output) -> RunResult:
         run.checkpoint.close()
     except RunDirWriteError as exc:
         outcome = _Outcome("run_dir_unwritable", str(exc))
-    return _finish(run, outcome, out)
+    result = _finish(run, outcome, out)
+    if _worth_a_timeline(run.stats):
+        _draw_timeline(run.config.run_dir, out)
+    return result
+
+
+TIMELINE_AFTER_S = 120.0  # a shorter, untroubled session has nothing to look back on (and drawing costs ~0.6 s)
+
+
+def _worth_a_timeline(stats: RunStats) -> bool:
+    troubled = stats.restarts or stats.wedges or stats.crashes or any(r.state == "retired" for r in stats.replicas)
+    return bool(troubled) or time.monotonic() - stats.started >= TIMELINE_AFTER_S
+
+
+def _draw_timeline(run_dir: Path, out: _Output) -> None:
+    """`timeline.png`, for a look at the night afterwards; a figure that cannot be drawn costs the run nothing."""
+    try:
+        drawn = timeline.write(run_dir)
+    except OSError as exc:  # a full disk, say: the run is over and whole, only its picture is missing
+        out.errors.print(f"warning: timeline.png not drawn ({exc}); "
+                         f"`hallurun status {run_dir} --chart` tries again", highlight=False, markup=False)
+        return
+    if drawn is not None:
+        out.console.print(f"timeline: {drawn}", highlight=False)
 
 
 def _finish(run: _Open, outcome: _Outcome, out: _Output) -> RunResult:

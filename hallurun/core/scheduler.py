@@ -1,11 +1,16 @@
-"""The scheduler: keeps up to `concurrency` requests in flight and reacts to what the watchdog sees.
+"""The scheduler: keeps up to `concurrency` requests in flight on each replica of the pool and reacts to what
+the watchdog sees on each.
 
-It owns three kinds of task under one TaskGroup: `concurrency` workers (each takes the next item whenever it
-may and runs it to its end), the monitor (wedges, crashes, stalled streams) and the flusher (checkpoint batches).
-Recovery from a wedge, a crash or an outage is done by the monitor alone, so there is exactly one restart per
-incident however many requests notice it: it cancels the workers whose requests are in flight, puts their items
-back, restarts the server once and replaces the workers. An outage (requests refused) is waited out first: an
-item never fails, nor spends an attempt, because the server was not there.
+It owns, under one TaskGroup, the flusher (checkpoint batches) and a lane per replica: the lane starts its
+server, then runs its monitor (wedges, crashes, stalled streams), and its `concurrency` workers each take the
+next item whenever the replica may take one and run it to its end. All workers take from one queue, so an item
+goes to whichever healthy replica has a free slot first: dispatch to the least loaded, by construction.
+Recovery from a wedge, a crash or an outage is done by the replica's monitor alone, so there is exactly one
+restart per incident however many requests notice it: it cancels the workers whose requests are in flight on
+that replica, puts their items back at the front of the queue (the other replicas take them at once, no attempt
+charged), restarts that server once and replaces the workers; the other replicas never pause. An outage
+(requests refused) is waited out first: an item never fails, nor spends an attempt, because a server was not
+there. A replica that cannot be started again is retired, and the run goes on with the others.
 """
 
 from __future__ import annotations
@@ -14,8 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -25,15 +29,16 @@ from tenacity import RetryCallState
 from hallurun.config import RunConfig
 from hallurun.core.counters import RunStats
 from hallurun.core.poison import PoisonTracker
+from hallurun.core.replica import Job, Replica, Running
 from hallurun.errors import ServerError
-from hallurun.server.supervisor import ServerStartError, Supervisor
+from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError
 from hallurun.store.checkpoint import Checkpoint
 from hallurun.store.dataset import Item
 from hallurun.store.durable import write_atomic
-from hallurun.store.events import EventLog
-from hallurun.wire.client import Client, Completion
+from hallurun.wire.client import Completion
+from hallurun.wire.metrics import ServerMetrics
 from hallurun.wire.policy import RequestError, RetryPolicy, ServerDown, is_connect_failure, is_stale_connection
-from hallurun.wire.watchdog import Activity, Flight, inspect
+from hallurun.wire.watchdog import Flight, inspect
 
 POISON = "poison.json"  # the evidence against suspects of poison, across sessions
 FLUSH_INTERVAL = 0.2  # seconds between checkpoint batches
@@ -58,90 +63,94 @@ def _load_poison(path: Path) -> PoisonTracker:
         return PoisonTracker()
 
 
+def _tokens_flat(metrics: ServerMetrics, quiet_since: float, now: float) -> float | None:
+    """How long the engine's generation-token counter has stood still, for a wedge below the ceiling: None where
+    /metrics has never been read (the silence alone decides), and 0 until a sample taken since the silence began
+    says so (one from before it cannot confirm it: the counter may have moved since)."""
+    if metrics.sampled_at is None:
+        return None
+    if metrics.sampled_at <= quiet_since:
+        return 0.0
+    return metrics.tokens_flat_for(now)
+
+
 class RestartBudgetExhausted(ServerError):
     """The server needed more restarts than `--max-restarts` allows."""
 
 
-@dataclass(eq=False)
-class Job:
-    """An item and the attempts it has spent; a requeued job keeps its count."""
-
-    item: Item
-    attempts: int = 0
-
-
-@dataclass(eq=False)
-class _Running:
-    job: Job
-    flight: Flight
-    task: asyncio.Task[None]
-
-
 class Scheduler:
-    """Runs every unsettled item to a result or a recorded failure."""
+    """Runs every unsettled item to a result or a recorded failure, on every replica of the pool."""
 
-    def __init__(self, config: RunConfig, items: Iterator[Item], checkpoint: Checkpoint, events: EventLog,
-                 supervisor: Supervisor, client: Client, activity: Activity, stats: RunStats) -> None:
+    def __init__(self, config: RunConfig, items: Iterator[Item], checkpoint: Checkpoint, stats: RunStats,
+                 replicas: list[Replica], say: Callable[[str], None] = lambda line: None) -> None:
         self.config = config
         self.checkpoint = checkpoint
-        self.events = events
-        self.supervisor = supervisor
-        self.client = client
-        self.activity = activity
         self.stats = stats
+        self.replicas = replicas
+        self.say = say  # a line on screen (a replica retired)
+        stats.replicas = [r.stats for r in replicas]
         self.policy = RetryPolicy(max_attempts=config.max_attempts)
         self.poison = _load_poison(config.run_dir / POISON)
         self._items = (item for item in items if not checkpoint.is_settled(item.id))
         self._items_left = True
         self._front: deque[Job] = deque()  # requeued jobs, ahead of fresh items
-        self._solo: deque[Job] = deque()  # suspects of poison, each run with nothing else in flight
-        self._running: dict[str, _Running] = {}
-        self._solo_in_flight = 0  # suspects of poison in flight (0 or 1): nothing else may start meanwhile
-        self._gate = asyncio.Event()  # open while dispatch may proceed; closed during a restart
+        self._solo: deque[Job] = deque()  # suspects of poison, each run with nothing else in flight on its replica
+        self._solo_host: Replica | None = None  # the replica that runs the suspects now (it drains for them)
         self._changed = asyncio.Event()  # something an idle worker waits on has changed
-        self._trouble = asyncio.Event()  # a request could not reach the server (refused, or its process gone)
         self._finished = asyncio.Event()  # every item settled, or a fatal error
         self._flush_soon = asyncio.Event()  # a checkpoint batch is full
         self._fatal: Exception | None = None
         self._tg: asyncio.TaskGroup | None = None
-        self._workers: set[asyncio.Task[None]] = set()
-        self._boarded_since_start = 0  # items dispatched to the current server process since it started
 
     async def run(self) -> None:
-        """Dispatch until every item is settled. Raises RestartBudgetExhausted or ServerStartError."""
-        loop = asyncio.get_running_loop()
-        self.activity.touch(loop.time())
-        self._gate.set()
-        self.stats.server_state = "running"
+        """Start every replica and dispatch until every item is settled. Raises RestartBudgetExhausted or
+        ServerStartError (PortInUse, ServerRefusesRun) once no replica is left to serve."""
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                monitor = tg.create_task(self._monitor(), name="monitor")
                 flusher = tg.create_task(self._flusher(), name="flusher")
-                self._top_up_workers()
+                lanes = [tg.create_task(self._lane(r), name=f"replica-{r.index}") for r in self.replicas]
                 await self._finished.wait()
-                monitor.cancel()
                 flusher.cancel()
-                for worker in self._workers:
-                    worker.cancel()
+                for task in lanes:
+                    task.cancel()
+                for r in self.replicas:
+                    for worker in r.workers:
+                        worker.cancel()
         finally:
             self.checkpoint.flush()
         if self._fatal is not None:
             raise self._fatal
 
+    async def _lane(self, r: Replica) -> None:
+        """One replica's life in the run: its first start, then its monitor until the run ends or it retires."""
+        try:
+            if r.supervisor.up:
+                await r.supervisor.fits(self.config)  # lent by the command, still up from an earlier stage
+            else:
+                await r.supervisor.start()
+        except (PortInUse, ServerRefusesRun) as exc:
+            self._fail(exc)  # the user's --port or --max-tokens: no other replica does better
+            return
+        except ServerStartError as exc:
+            await self._retire(r, exc)
+            return
+        r.client.retarget(r.supervisor.base_url)
+        self._reopen(r)
+        await self._monitor(r)
+
     # -- dispatch ---------------------------------------------------------------------------------------
     # A fixed pool of workers rather than a task per item: at thousands of requests a second, creating and
     # scheduling a task per item (and waking a dispatcher after each) was a tenth of the client's CPU.
 
-    def _top_up_workers(self) -> None:
+    def _top_up_workers(self, r: Replica) -> None:
         assert self._tg is not None
-        self._workers = {w for w in self._workers if not w.done()}
-        while len(self._workers) < self.config.concurrency:
-            worker = self._tg.create_task(self._worker())
-            self._workers.add(worker)
+        r.workers = {w for w in r.workers if not w.done()}
+        while len(r.workers) < self.config.concurrency:
+            r.workers.add(self._tg.create_task(self._worker(r)))
 
-    async def _worker(self) -> None:
-        """Run one job at a time, taking the next whenever it may go, until every item is settled."""
+    async def _worker(self, r: Replica) -> None:
+        """Run one job at a time on replica `r`, taking the next whenever it may go, until every item is settled."""
         me = asyncio.current_task()
         assert me is not None
         while True:
@@ -149,13 +158,13 @@ class Scheduler:
                 # A cancel swallowed below us must still end this worker: a recovery is waiting for it.
                 raise asyncio.CancelledError
             self._changed.clear()
-            if self._fatal is not None:
+            if self._fatal is not None or r.retired:
                 return
-            # A closed gate means a recovery is under way: its jobs are on their way back to the queue.
-            if self._gate.is_set():
-                job, solo = self._next_job()
+            # A closed gate means a recovery of this replica is under way: its jobs are on their way back.
+            if r.gate.is_set():
+                job, solo = self._next_job(r)
                 if job is not None:
-                    await self._run_job(job, self._board(job, solo, me))
+                    await self._run_job(r, job, self._board(r, job, solo, me))
                     continue
                 if self._all_settled():
                     self._finished.set()
@@ -163,22 +172,27 @@ class Scheduler:
             await self._changed.wait()
 
     def _all_settled(self) -> bool:
-        return not self._running and not self._front and not self._solo and not self._items_left
+        # A recovery holds its jobs between cancelling them and putting them back: while the other replicas go on,
+        # "nothing queued, nothing running" is not yet "all settled" (a pool of two once ended three items short).
+        return (not self._front and not self._solo and not self._items_left
+                and not any(r.running or r.held for r in self.replicas))
 
-    def _next_job(self) -> tuple[Job | None, bool]:
-        """The next job to send, if one may go now, and whether it must run alone. (The concurrency cap is the
-        size of the worker pool: a worker asking holds no job.)"""
-        if self._solo_in_flight:
+    def _next_job(self, r: Replica) -> tuple[Job | None, bool]:
+        """The next job to send to `r`, if one may go now, and whether it must run alone there. (The concurrency
+        cap is the size of the replica's worker pool: a worker asking holds no job.) Suspects of poison go to one
+        replica at a time, which stops taking other work until it has nothing in flight; the others go on."""
+        if r.solo_in_flight:
             return None, False
-        if self._solo:
-            return (self._solo.popleft(), True) if not self._running else (None, False)
         while True:
+            if self._solo and self._solo_host in (None, r):
+                self._solo_host = r
+                return (self._solo.popleft(), True) if not r.running else (None, False)
             job = self._take()
             if job is None:
                 return None, False
             if self.poison.is_suspect(job.item.id):
                 self._solo.append(job)
-                return self._next_job()
+                continue
             return job, False
 
     def _take(self) -> Job | None:
@@ -191,46 +205,59 @@ class Scheduler:
             self._items_left = False
         return None
 
-    def _board(self, job: Job, solo: bool, worker: asyncio.Task[None]) -> Flight:
-        """Register `job` as in flight on `worker`; its Flight is what the watchdog reads."""
-        flight = Flight(job.item.id, solo=solo)  # on the wire once its attempt is sent
-        self._running[job.item.id] = _Running(job, flight, worker)
-        self._boarded_since_start += 1
-        self._solo_in_flight += solo
-        self.stats.in_flight = len(self._running)
+    def _release_solo_host(self) -> None:
+        """The replica that ran suspects may take other work again once none is waiting or running there."""
+        host = self._solo_host
+        if host is not None and (host.retired or (not self._solo and not host.solo_in_flight)):
+            self._solo_host = None
+
+    def _board(self, r: Replica, job: Job, solo: bool, worker: asyncio.Task[None]) -> Flight:
+        """Register `job` as in flight on `r`; its Flight is what the watchdog reads."""
+        flight = Flight(job.item.id, solo=solo, pace=r.pace, prompt_chars=len(job.item.prompt))
+        r.running[job.item.id] = Running(job, flight, worker)
+        r.boarded_since_start += 1
+        r.solo_in_flight += solo
+        r.stats.in_flight = len(r.running)
+        self.stats.in_flight += 1
         return flight
 
     def _requeue_front(self, jobs: list[Job]) -> None:
         for job in reversed(jobs):
             self._front.appendleft(job)
+        if jobs:
+            self._changed.set()  # the other replicas take them at once
 
     # -- one item --------------------------------------------------------------------------------------
 
-    async def _run_job(self, job: Job, flight: Flight) -> None:
+    async def _run_job(self, r: Replica, job: Job, flight: Flight) -> None:
         began = asyncio.get_running_loop().time()
         try:
-            completion = await self._with_retries(job, flight)
+            completion = await self._with_retries(r, job, flight)
         except RequestError as exc:
             self._record_failure(job, exc.reason, str(exc))
         except ServerDown:
-            # Not the item's fault: it goes back without spending an attempt, and waits while the monitor finds
-            # out whether the server comes back by itself or must be restarted.
+            # Not the item's fault: it goes back without spending an attempt (another replica may take it), and
+            # this replica waits while its monitor finds out whether the server comes back by itself or must be
+            # restarted.
             self._requeue_front([job])
-            self._gate.clear()
-            self._trouble.set()
+            r.gate.clear()
+            r.trouble.set()
         else:
             self._record_result(job, completion, asyncio.get_running_loop().time() - began)
         finally:
-            self._running.pop(job.item.id, None)
-            self._solo_in_flight -= flight.solo
-            self.stats.in_flight = len(self._running)
-            if idle_workers_may_act(queued=bool(self._front or self._solo), running=len(self._running)):
+            r.running.pop(job.item.id, None)
+            r.solo_in_flight -= flight.solo
+            r.stats.in_flight = len(r.running)
+            self.stats.in_flight -= 1
+            if flight.solo:
+                self._release_solo_host()
+            if idle_workers_may_act(queued=bool(self._front or self._solo), running=len(r.running)):
                 self._changed.set()
 
-    async def _with_retries(self, job: Job, flight: Flight) -> Completion:
+    async def _with_retries(self, r: Replica, job: Job, flight: Flight) -> Completion:
         spent = job.attempts
         try:
-            return await self._attempt(job, flight)
+            return await self._attempt(r, job, flight)
         except RequestError as exc:
             failure: RequestError | None = exc
         # Most items need one attempt, and tenacity's loop costs a tenth of the client's CPU at high request
@@ -241,10 +268,10 @@ class Scheduler:
                 if failure is not None:
                     replayed, failure = failure, None
                     raise replayed
-                return await self._attempt(job, flight)
+                return await self._attempt(r, job, flight)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _attempt(self, job: Job, flight: Flight) -> Completion:
+    async def _attempt(self, r: Replica, job: Job, flight: Flight) -> Completion:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.request_timeout) as deadline:
@@ -252,10 +279,10 @@ class Scheduler:
                 # retry) has no deadline to cut and no clock to be judged silent by.
                 now = loop.time()
                 flight.new_attempt(now, deadline)
-                self.activity.sent(now)
+                r.activity.sent(now)
                 try:
                     try:
-                        completion = await self.client.complete(job.item.prompt, flight)
+                        completion = await r.client.complete(job.item.prompt, flight)
                     except aiohttp.ClientError as exc:
                         if not is_stale_connection(exc):
                             raise
@@ -263,17 +290,17 @@ class Scheduler:
                         # the request. A second failure takes the ordinary way below.
                         self.stats.resent += 1
                         flight.new_attempt(loop.time())  # judged by its own stream, not the dropped one's clocks
-                        completion = await self.client.complete(job.item.prompt, flight)
+                        completion = await r.client.complete(job.item.prompt, flight)
                 finally:
                     flight.end_attempt()
-                    self.activity.ended(loop.time())
+                    r.activity.ended(loop.time())
         except aiohttp.ClientError as exc:
             # A refusal is the server being down, whatever its process does; a connection that broke under a
             # request is the item's failure unless the server turns out to be gone: its process exited, or it no
             # longer answers /health (an external server going away resets every stream on it: the chaos suite
             # saw items fail as `connection` from one outage).
-            if (is_connect_failure(exc) or await self.supervisor.has_exited()
-                    or not await self.supervisor.answers()):
+            if (is_connect_failure(exc) or await r.supervisor.has_exited()
+                    or not await r.supervisor.answers()):
                 raise ServerDown(f"{type(exc).__name__}: {exc}") from exc
             job.attempts += 1
             raise RequestError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from exc
@@ -304,6 +331,7 @@ class Scheduler:
             "completion_tokens": completion.completion_tokens,
             "latency_s": round(latency, 4),
             "attempts": job.attempts,
+            "done_at": round(time.time(), 3),  # the run's timeline draws its throughput from these
         }
         record["id"] = job.item.id
         if self.checkpoint.add_result(record):
@@ -331,123 +359,156 @@ class Scheduler:
             self._flush_soon.clear()
             await self.checkpoint.flush_in_thread()
 
-    async def _monitor(self) -> None:
+    async def _monitor(self, r: Replica) -> None:
         loop = asyncio.get_running_loop()
         tick = min(1.0, self.config.stall_timeout / 5)
-        while self._fatal is None:
+        pace = r.pace if self.config.adaptive_window else None
+        while self._fatal is None and not r.retired:
             try:
                 async with asyncio.timeout(tick):
-                    await self._trouble.wait()
+                    await r.trouble.wait()
             except TimeoutError:
                 pass
-            if self.supervisor.managed and self.supervisor.returncode is not None:
-                await self._recover("server_exited")
+            if r.supervisor.managed and r.supervisor.returncode is not None:
+                await self._recover(r, "server_exited")
                 continue
-            if self._trouble.is_set():
-                await self._outage()
+            if r.trouble.is_set():
+                await self._outage(r)
                 continue
-            flights = [r.flight for r in self._running.values()]
-            metrics = self.stats.metrics
+            now = loop.time()
+            metrics = r.stats.metrics
             queue_seen = metrics.sampled_at if metrics.waiting else None
-            verdict = inspect(loop.time(), flights, self.activity, self.config.stall_timeout, queue_seen)
+            verdict = inspect(now, [x.flight for x in r.running.values()], r.activity, self.config.stall_timeout,
+                              queue_seen, pace=pace, tokens_flat=_tokens_flat(metrics, r.activity.last, now))
+            ceiling = self.config.stall_timeout
+            r.stats.window = ceiling if pace is None else pace.window(now, ceiling)
             if verdict.wedged:
-                await self._recover("wedge", quiet_s=round(verdict.quiet_for, 2))
+                await self._recover(r, "wedge", quiet_s=round(verdict.quiet_for, 2),
+                                    window_s=round(verdict.window, 2))
                 continue
             for flight in verdict.stalled:
-                flight.cut(loop.time())
+                flight.cut(now)
 
-    async def _outage(self) -> None:
+    async def _outage(self, r: Replica) -> None:
         """Requests could not reach the server: wait for it to answer again, restarting it only if it does not.
-        Meanwhile the gate stays closed and the items that were refused wait at the front of the queue."""
-        if await self.supervisor.has_exited():
-            await self._recover("server_exited")
+        Meanwhile its gate stays closed, and the items that were refused wait at the front of the queue (or go
+        to another replica)."""
+        if await r.supervisor.has_exited():
+            await self._recover(r, "server_exited")
             return
-        self.stats.server_state = "unreachable"
-        self.events.emit("server_unreachable", in_flight=len(self._running))
+        r.stats.state = "unreachable"
+        r.events.emit("server_unreachable", in_flight=len(r.running))
         began = time.monotonic()
-        back = await self.supervisor.wait_answering(began + self.supervisor.restart_wait)
+        back = await r.supervisor.wait_answering(began + r.supervisor.restart_wait)
         waited = round(time.monotonic() - began, 2)
         if back:
-            self.events.emit("server_back", waited_s=waited)
-            self._reopen()
-        elif self.supervisor.managed and self.supervisor.returncode is not None:
-            await self._recover("server_exited")
+            r.events.emit("server_back", waited_s=waited)
+            self._reopen(r)
+        elif r.supervisor.managed and r.supervisor.returncode is not None:
+            await self._recover(r, "server_exited")
         else:
-            await self._recover("unreachable", waited_s=waited)
+            await self._recover(r, "unreachable", waited_s=waited)
 
-    async def _recover(self, cause: str, **detail: object) -> None:
-        """Stop everything in flight, put it back, restart the server once, reopen dispatch."""
-        self._gate.clear()
-        running = list(self._running.values())
-        ids = [r.job.item.id for r in running]
+    async def _recover(self, r: Replica, cause: str, **detail: object) -> None:
+        """Stop everything in flight on `r`, put it back, restart its server once, reopen dispatch to it."""
+        r.gate.clear()
+        running = list(r.running.values())
+        ids = [x.job.item.id for x in running]
         quarantine: list[str] = []
         solo: str | None = None
         if cause == "wedge":
             self.stats.wedges += 1
+            r.stats.wedges += 1
             # Only requests on the wire met the wedge; one sleeping before a retry was not waiting on it.
-            wire = [r.job.item.id for r in running if r.flight.on_wire]
-            solo = next((r.job.item.id for r in running if r.flight.solo), None)
-            flat = self.stats.metrics.tokens_flat_for(asyncio.get_running_loop().time())
-            self.events.emit("hang_detected", in_flight=len(ids), on_wire=len(wire), items=ids[:64],
-                             tokens_flat_s=None if flat is None else round(flat, 1), **detail)
-            quarantine = self.poison.on_wedge(wire, solo, fresh=self._boarded_since_start == 1)
+            wire = [x.job.item.id for x in running if x.flight.on_wire]
+            solo = next((x.job.item.id for x in running if x.flight.solo), None)
+            flat = r.stats.metrics.tokens_flat_for(asyncio.get_running_loop().time())
+            r.events.emit("hang_detected", in_flight=len(ids), on_wire=len(wire), items=ids[:64],
+                          tokens_flat_s=None if flat is None else round(flat, 1), **detail)
+            # Evidence from any replica counts: a poison input wedges whichever server it is sent to.
+            quarantine = self.poison.on_wedge(wire, solo, fresh=r.boarded_since_start == 1)
             # Kept for the next session: a resume after Ctrl-C (or a spent --max-restarts) goes on from this
             # evidence instead of paying for it again. Wedges are rare, so one small write each costs nothing.
             write_atomic(self.config.run_dir / POISON, orjson.dumps(self.poison.to_json()))
         elif cause == "server_exited":
             self.stats.crashes += 1
-            self.events.emit("server_exited", returncode=self.supervisor.returncode, in_flight=len(ids))
-        for r in running:
-            r.task.cancel()
-        await asyncio.gather(*(r.task for r in running), return_exceptions=True)
+            r.events.emit("server_exited", returncode=r.supervisor.returncode, in_flight=len(ids))
+        r.held = len(running)
+        for x in running:
+            x.task.cancel()
+        await asyncio.gather(*(x.task for x in running), return_exceptions=True)
+        r.held = 0
         back = []
-        for r in running:
-            if r.job.item.id in quarantine:
-                self._quarantine(r.job)
+        for x in running:
+            if x.job.item.id in quarantine:
+                self._quarantine(r, x.job)
             else:
-                back.append(r.job)
+                back.append(x.job)
         if cause == "wedge" and not self.config.enable_restart:
             self._requeue_front(self._spend_attempt(back))
-            self._reopen()
+            self._reopen(r)
             return
         if cause == "wedge" and solo is not None and back:
             # A suspect that wedged the server alone (it runs with nothing else in flight, so `back` is that one
-            # job) and was not convicted goes alone again, first: the next evidence is then that of the freshly
-            # started server this restart brings.
+            # job) and was not convicted goes alone again, first, on this replica: the next evidence is then that
+            # of the freshly started server this restart brings.
             self._solo.appendleft(back.pop())
         self._requeue_front(back)
+        self._release_solo_host()
         if not self.config.enable_restart:
             what = "exited" if cause == "server_exited" else f"did not answer for {detail.get('waited_s')} s"
-            self._fail(ServerStartError(f"the server {what} and ENABLE_SERVER_RESTART is off"))
+            await self._retire(r, ServerStartError(f"the server {what} and ENABLE_SERVER_RESTART is off"))
             return
-        if self.stats.restarts >= self.config.max_restarts:
-            self._fail(RestartBudgetExhausted(
+        if r.stats.restarts >= self.config.max_restarts:
+            await self._retire(r, RestartBudgetExhausted(
                 f"the server needed more than --max-restarts={self.config.max_restarts} restarts"))
             return
+        r.stats.restarts += 1
         self.stats.restarts += 1
-        self.stats.server_state = "restarting"
+        r.stats.state = "restarting"
         try:
-            took = await self.supervisor.restart()
+            took = await r.supervisor.restart()
         except ServerStartError as exc:
+            await self._retire(r, exc)
+            return
+        r.client.retarget(r.supervisor.base_url)
+        r.boarded_since_start = 0
+        r.events.emit("server_restarted", cause=cause, restarts=r.stats.restarts, startup_s=round(took, 2),
+                      requeued=len(running) - len(quarantine), managed=r.supervisor.managed)
+        self._reopen(r)
+
+    def _reopen(self, r: Replica) -> None:
+        r.trouble.clear()
+        r.activity.touch(asyncio.get_running_loop().time())
+        r.stats.state = "running"
+        r.gate.set()
+        self._top_up_workers(r)  # in place of those cancelled with their requests
+        self._changed.set()
+
+    async def _retire(self, r: Replica, exc: ServerError) -> None:
+        """`r` cannot serve again (it did not start, or needed too many restarts): the run goes on with the other
+        replicas, and fails with `exc` when none is left."""
+        r.retired = True
+        r.gate.clear()
+        r.stats.state = "retired"
+        for worker in r.workers:
+            worker.cancel()  # idle: its jobs were put back before this
+        self._release_solo_host()
+        left = sum(not x.retired for x in self.replicas)
+        if len(self.replicas) > 1:
+            reason = str(exc).splitlines()[0]
+            r.events.emit("replica_retired", reason=reason, left=left)
+            self.say(f"replica {r.index} retired ({reason}); {left} of {len(self.replicas)} replicas go on")
+        if not left:
             self._fail(exc)
             return
-        self.client.retarget(self.supervisor.base_url)
-        self._boarded_since_start = 0
-        self.events.emit("server_restarted", cause=cause, restarts=self.stats.restarts, startup_s=round(took, 2),
-                         requeued=len(running) - len(quarantine), managed=self.supervisor.managed)
-        self._reopen()
-
-    def _reopen(self) -> None:
-        self._trouble.clear()
-        self.activity.touch(asyncio.get_running_loop().time())
-        self.stats.server_state = "running"
-        self._gate.set()
-        self._top_up_workers()  # in place of those cancelled with their requests
         self._changed.set()
+        await r.supervisor.stop()  # at once: a wedged engine must not keep its GPU until the run ends
 
     def _fail(self, exc: Exception) -> None:
         # Set here rather than left to a worker: the recovery may have cancelled every one of them.
-        self._fatal = exc
+        if self._fatal is None:
+            self._fatal = exc
         self._finished.set()
 
     def _spend_attempt(self, jobs: list[Job]) -> list[Job]:
@@ -461,8 +522,8 @@ class Scheduler:
                 keep.append(job)
         return keep
 
-    def _quarantine(self, job: Job) -> None:
+    def _quarantine(self, r: Replica, job: Job) -> None:
         self.stats.quarantined += 1
         self._record_failure(job, "poison", "the server wedged each time this item was in flight, the last two times "
                                             "alone on a freshly started server")
-        self.events.emit("item_quarantined", id=job.item.id)
+        r.events.emit("item_quarantined", id=job.item.id)

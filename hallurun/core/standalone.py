@@ -16,21 +16,23 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from hallurun.core.handle import RunHandle
 from hallurun.core.result import RunResult
 
-Main = Callable[[RunHandle], Coroutine[Any, Any, RunResult]]
+T = TypeVar("T")
+Main = Callable[[RunHandle], Coroutine[Any, Any, T]]
 
 
-def run_standalone(main: Main) -> RunResult:
+def run_standalone(main: Main[T]) -> T | RunResult:
     """Run `main(handle)` in a new event loop to its end; KeyboardInterrupt once an interrupted run has stopped
-    (a run that had settled every item when Ctrl-C came returns its result instead)."""
+    (a run that had settled every item when Ctrl-C came returns its result instead). A command of several runs
+    (`core.command.in_one_loop`) returns its own value, or raises its own stop."""
     return asyncio.run(_supervised(main))
 
 
-async def _supervised(main: Main) -> RunResult:
+async def _supervised(main: Main[T]) -> T | RunResult:
     handle = RunHandle()
     task = asyncio.create_task(main(handle), name="hallurun-run")
     interrupts = 0

@@ -1,7 +1,9 @@
 """The model judge: every question is an ordinary hallurun run of a judge model.
 
 Each question is a stage (supervised server, crash-safe checkpoint, exactly once) in
-`RUN_DIR/eval/<judge>/<stage>/`, whose dataset is the stage's `prompts.jsonl`. A stage's prompts are a pure
+`RUN_DIR/eval/<judge>/<stage>/`, whose dataset is the stage's `prompts.jsonl`. Driven by `hallurun eval` (or
+`hallurun.evaluate`), every stage runs on one event loop and the judge's server is launched once for all of them
+(`core.command`): its log is `RUN_DIR/eval/<judge>/server.log`. A stage's prompts are a pure
 function of the run's answers and of earlier stages' verdicts, so running `eval` again after a crash rebuilds
 byte-identical prompt files, skips finished stages without starting a server, and continues the unfinished one
 where it stopped. Verdicts that cannot be read are asked again once, in a `<stage>-retry` stage with a stricter
@@ -108,9 +110,9 @@ class ModelJudge:
             if exc.exit_code == EXIT_INTERRUPTED:
                 raise EvalStopped(exc.exit_code, f"interrupted in judge stage {stage}; run the same `hallurun eval` "
                                                  "command again to continue where it stopped") from None
-            raise EvalStopped(exc.exit_code, f"judge stage {stage} stopped ({exc}; exit {exc.exit_code}, see "
-                                             f"{stage_dir}/server.log); run the same `hallurun eval` command again"
-                              ) from None
+            raise EvalStopped(exc.exit_code, f"judge stage {stage} stopped ({exc}; exit {exc.exit_code}, see the "
+                                             f"server's log in {self.folder}); run the same `hallurun eval` command "
+                                             "again") from None
         return outcome.generations, outcome.failures
 
 

@@ -90,6 +90,8 @@ def command(config: RunConfig, port: int, *, gpu: bool | None = None, environ: d
     cmd = [python, "-m", VLLM_MODULE, "--model", path, "--host", spec.host, "--port", str(port)]
     if path != config.model and not _has_flag(args, "--served-model-name"):
         cmd += ["--served-model-name", config.model]  # requests keep using the name the user gave
+    if spec.gpus_per_replica > 1 and not (_has_flag(args, "--tensor-parallel-size") or _has_flag(args, "-tp")):
+        cmd += ["--tensor-parallel-size", str(spec.gpus_per_replica)]  # the replica's own GPUs, one model copy
     env: dict[str, str] = {}
     if "VLLM_HTTP_TIMEOUT_KEEP_ALIVE" not in env_now:
         env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = KEEP_ALIVE_S

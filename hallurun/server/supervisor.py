@@ -33,12 +33,12 @@ from hallurun.config import RunConfig, Sampling
 from hallurun.errors import ServerError
 from hallurun.server import launch
 from hallurun.server.guardian import SERVER_ID_ENV, Guardian, Server, signal_trees, tree_pids
+from hallurun.server.pool import Slot
 from hallurun.store.durable import RunDirWriteError
-from hallurun.store.events import EventLog
+from hallurun.store.events import Emitter
 from hallurun.wire.client import endpoint, request_body
 from hallurun.wire.policy import is_stale_connection
 
-SERVER_LOG = "server.log"
 STOP_GRACE_SECONDS = 10.0
 TREE_EXIT_SECONDS = 5.0  # after the KILL, a wait for the tree to vanish: a GPU's memory is free only then
 # A healthy server whose generations fail this many times in a row is broken, not slow. At 5, a server failing a
@@ -51,6 +51,7 @@ PROBE_MIN_S = 5.0
 RESTART_RESEND_S = 5.0  # an old server still answering this long after POST /restart is asked again
 POLL_SECONDS = 0.25  # polling is the only way to learn that another process has opened (or closed) its port
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+REPLICA_ENV = "HALLURUN_REPLICA"  # a launched server's index in the pool, for operators (and the mock's faults)
 _PR_SET_PDEATHSIG = 1
 _TCP_LISTEN = "0A"  # the state column of /proc/net/tcp{,6}
 
@@ -217,20 +218,24 @@ def _die_with_parent(parent: int) -> None:
 
 
 class Supervisor:
-    """Owns the server process (or, for `external`, the URL) across restarts."""
+    """Owns one server process (or, for `external`, one URL) across restarts: one replica of the pool."""
 
-    def __init__(self, config: RunConfig, events: EventLog, session: aiohttp.ClientSession,
-                 env: dict[str, str], api_key: str | None = None) -> None:
+    def __init__(self, config: RunConfig, events: Emitter, session: aiohttp.ClientSession,
+                 env: dict[str, str], api_key: str | None = None, *, slot: Slot | None = None) -> None:
         self.config = config
         self.api_key = api_key
         self.spec = config.server
+        self.slot = slot or Slot(url=config.server.url)
         self.events = events
         self.session = session
-        self.env = env
-        self.log_path = config.run_dir / SERVER_LOG
+        self.env = env if self.slot.cuda_visible_devices is None else {
+            **env, "CUDA_VISIBLE_DEVICES": self.slot.cuda_visible_devices}
+        self.log_path = config.run_dir / self.slot.log_name
         self.managed = self.spec.kind != "external"
-        self.port = self.spec.port or (free_port(self.spec.host) if self.managed else 0)
-        self.base_url = (self.spec.url or self._local_url()).rstrip("/")
+        # An explicit --port is the first replica's; the others take the ports after it.
+        explicit = self.spec.port + self.slot.index if self.spec.port else None
+        self.port = explicit or (free_port(self.spec.host) if self.managed else 0)
+        self.base_url = (self.slot.url or self._local_url()).rstrip("/")
         self.first_startup: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._server: Server | None = None  # the current launch, while it runs
@@ -257,6 +262,18 @@ class Supervisor:
         if self.config.restart_wait is not None:
             return self.config.restart_wait
         return max(30.0, 2 * (self.first_startup or 0.0))
+
+    @property
+    def up(self) -> bool:
+        """Whether the server was started and, as far as hallurun can see, has not gone since (a server lent to
+        the next stage of a command is not started again)."""
+        if self.managed:
+            return self._proc is not None and self._proc.returncode is None
+        return self.first_startup is not None
+
+    async def fits(self, config: RunConfig) -> None:
+        """Before another run uses this running server: refuse its `--max-tokens` if the context has no room."""
+        await self._check_context(config.sampling.max_tokens)
 
     @property
     def pid(self) -> int | None:
@@ -406,7 +423,7 @@ class Supervisor:
             self._proc = await asyncio.create_subprocess_exec(
                 *planned.cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-                env={**self.env, **planned.env, SERVER_ID_ENV: token},
+                env={**self.env, **planned.env, SERVER_ID_ENV: token, REPLICA_ENV: str(self.slot.index)},
                 # `python -m` puts the working directory on sys.path: a stray queue.py there breaks vLLM.
                 cwd=self.config.run_dir,
             )
@@ -543,7 +560,7 @@ class Supervisor:
         async with self.session.post(url, json=probe, headers=self._auth(), timeout=timeout) as resp:
             return resp.status, await resp.text()
 
-    async def _check_context(self) -> None:
+    async def _check_context(self, wanted: int | None = None) -> None:
         """Refuse a `--max-tokens` that leaves no room for a prompt in the server's context: every item would fail
         with 400. vLLM's `/v1/models` cards carry `max_model_len`; without one, there is nothing to check."""
         try:
@@ -555,7 +572,7 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
             return
         limit = max_model_len(models, self.config.model)
-        wanted = self.config.sampling.max_tokens
+        wanted = self.config.sampling.max_tokens if wanted is None else wanted
         if limit is not None and wanted >= limit:
             raise ServerRefusesRun(f"--max-tokens {wanted} leaves no room for a prompt: {self.config.model} at "
                                    f"{self.base_url} has max_model_len {limit} (prompt and answer share it); "

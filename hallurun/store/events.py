@@ -8,13 +8,19 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from hallurun.store.durable import RunDirWriteError
 
 EVENTS = "events.jsonl"
+
+
+class Emitter(Protocol):
+    """What writes events: the log itself, or a view of it that tags each event (`EventLog.tagged`)."""
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]: ...
 
 
 class EventLog:
@@ -46,5 +52,21 @@ class EventLog:
             raise RunDirWriteError(self.path, exc) from None
         return record
 
+    def tagged(self, **fixed: Any) -> Tagged:
+        """A view of this log that adds `fixed` to every event (a server replica's events carry `replica`)."""
+        return Tagged(self, fixed)
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+class Tagged:
+    """Events of one part of a run (a replica), written to the run's log with that part's fields."""
+
+    def __init__(self, log: EventLog, fixed: dict[str, Any]) -> None:
+        self.log = log
+        self.fixed = fixed
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event with the fixed fields first."""
+        return self.log.emit(event, **self.fixed, **fields)

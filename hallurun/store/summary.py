@@ -40,10 +40,15 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     done = {str(r["id"]) for r in read_records(run_dir / RESULTS) if "id" in r}
     failures = {str(r["id"]): r.get("reason", "") for r in read_records(run_dir / FAILURES) if "id" in r}
     failed = {k: v for k, v in failures.items() if k not in done}
-    events = Counter(r.get("event") for r in read_records(run_dir / EVENTS))
+    events: Counter[str] = Counter()
+    replicas: dict[int, dict[str, Any]] = {}
     last = None
     for record in read_records(run_dir / EVENTS):
         last = record
+        events[str(record.get("event"))] += 1
+        index = record.get("replica")
+        if isinstance(index, int):
+            _count_replica(replicas.setdefault(index, _replica_counts(index)), record)
     total = int(saved["dataset"]["count"])
     pid = _running_pid(run_dir)
     return {
@@ -62,7 +67,27 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "finished": last is not None and last.get("event") == "run_finished",
         "running_pid": pid,
         "last_event": last,
+        "replicas": [replicas[i] for i in sorted(replicas)] if len(replicas) > 1 else [],
     }
+
+
+def _replica_counts(index: int) -> dict[str, Any]:
+    return {"replica": index, "restarts": 0, "wedges": 0, "crashes": 0, "retired": None, "window_s": None}
+
+
+def _count_replica(counts: dict[str, Any], record: dict[str, Any]) -> None:
+    event = record.get("event")
+    if event == "server_restarted":
+        counts["restarts"] += 1
+    elif event == "hang_detected":
+        counts["wedges"] += 1
+        counts["window_s"] = record.get("window_s", counts["window_s"])
+    elif event == "server_exited":
+        counts["crashes"] += 1
+    elif event == "replica_retired":
+        counts["retired"] = record.get("reason") or "retired"
+    elif event == "server_started":
+        counts["retired"] = None  # a later session started it again
 
 
 def describe(summary: dict[str, Any]) -> list[str]:
@@ -77,4 +102,9 @@ def describe(summary: dict[str, Any]) -> list[str]:
         f"quarantined {summary['quarantined']}",
     ]
     lines += [f"  failed: {reason}: {count}" for reason, count in sorted(summary["failures_by_reason"].items())]
+    for r in summary.get("replicas", []):
+        fate = f"retired: {r['retired']}" if r["retired"] else "serving or stopped"
+        window = "" if r["window_s"] is None else f", last wedge window {r['window_s']} s"
+        lines.append(f"  replica {r['replica']}: restarts {r['restarts']} (wedges {r['wedges']}, crashes "
+                     f"{r['crashes']}){window}; {fate}")
     return lines
