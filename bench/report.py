@@ -154,7 +154,53 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         col("engine tokens/step", "tokens_per_step", "{:.0f}"), col("slow-pace runs", "slow_runs"),
         col("resent", "resent"), col("retries", "retries"), col("reps", "reps"),
     ]),
+    "replicas_scaling": ("6a. Replicas: throughput with N mock replicas (each a fixed batch K at a token rate)", [
+        col("replicas", "replicas"), col("batch K", "batch"), col("tokens/s", "token_rate", "{:g}"),
+        col("concurrency / replica", "concurrency"), col("requests", "items", "{:,}"),
+        col("req/s (steady)", "steady_rps", "{:,.1f}"), col("× one replica", "speedup", "{:.2f}"),
+        col("target ×", "speedup_target", "{:.1f}"), col("× one, whole run", "speedup_whole_run", "{:.2f}"),
+        col("client CPU µs/req", "cpu_us_per_request", "{:,.0f}"), col("CPU × one", "cpu_ratio", "{:.2f}"),
+        col("client cores", "client_cores", "{:.2f}"), col("restarts", "restarts"), col("lost", "lost"),
+        col("duplicated", "duplicated"), col("met", "met"),
+    ]),
+    "replicas_wedge": ("6b. Replicas: one replica wedged mid-run (hang-after), against a clean run of the same pool", [
+        col("replicas", "replicas"), col("window", "window"), col("cold start s", "cold_start_s", "{:g}"),
+        col("requests", "items", "{:,}"), col("wedge after", "hang_after"),
+        col("clean s (request phase)", "clean_s", "{:.1f}"), col("wedged s", "wedged_s", "{:.1f}"),
+        col("s lost", "lost_s", "{:.1f}"), col("s lost, process wall", "lost_wall_s", "{:.1f}"),
+        col("window s", "window_s", "{:g}"),
+        col("quiet s", "quiet_s", "{:.1f}"), col("relaunch s", "relaunch_s", "{:.1f}"),
+        col("target s", "bound_s", "{:.1f}"), col("met", "met"),
+        col("target s with window s", "bound_window_s", "{:.1f}"), col("gain s", "gain_s", "{:.1f}"),
+        col("wedges", "wedges"), col("restarts", "restarts"), col("lost", "lost"), col("duplicated", "duplicated"),
+    ]),
+    "replicas_bursts": ("6c. Replicas: healthy but bursty engines (pauses, slow prefill of long prompts)", [
+        col("case", "case"), col("replicas", "replicas"), col("requests", "items", "{:,}"),
+        col("long prompts", "long_prompts", "{:,}"), Column("faults", lambda r: " ".join(r.get("faults") or [])),
+        col("concurrency / replica", "concurrency"), col("req/s", "rps", "{:,.0f}"),
+        col("engine pauses", "pauses"), col("longest pause s", "longest_pause_s", "{:.1f}"),
+        col("restarts", "restarts"), col("wedges found", "hangs_detected"),
+        col("first false wedge", "first_false_wedge"), col("requeued", "requeued"),
+        col("window min s", "window_min_s", "{:g}"), col("window max s", "window_max_s", "{:g}"),
+        col("lost", "lost"), col("duplicated", "duplicated"), col("met", "met"),
+    ]),
+    "replicas_engine": ("6d. Replicas: 2 vLLM (CPU) replicas, one engine core SIGSTOPped mid-run", [
+        col("replicas", "replicas"), col("requests", "items", "{:,}"), col("concurrency / replica", "concurrency"),
+        col("clean s (request phase)", "clean_s", "{:.1f}"), col("stopped s", "stopped_s", "{:.1f}"),
+        col("s lost", "lost_s", "{:.1f}"), col("s lost, process wall", "lost_wall_s", "{:.1f}"),
+        col("window s", "window_s", "{:g}"),
+        col("stopped after s", "stopped_at_s", "{:g}"), col("both serving then", "both_serving_at_stop"),
+        col("other replica serving after s", "other_serving_after_stop_s", "{:.1f}"),
+        col("quiet s", "quiet_s", "{:.1f}"), col("stopping it took s", "stop_took_s", "{:.1f}"),
+        col("relaunch s", "relaunch_s", "{:.1f}"), col("restarts", "restarts"), col("exactly once", "exactly_once"),
+        col("clean req/s", "clean_rps", "{:,.1f}"),
+        Column("one server req/s (engine section)", lambda r: (r.get("single_server") or {}).get("rps"), "{:,.1f}"),
+    ]),
 }
+# Tables drawn from one section's rows, by their `part`: table name -> (section, part).
+PARTS = {"scale_run": ("scale", "long run"), "scale_resume": ("scale", "resume"),
+         "replicas_scaling": ("replicas", "scaling"), "replicas_wedge": ("replicas", "wedge"),
+         "replicas_bursts": ("replicas", "bursts"), "replicas_engine": ("replicas", "engine")}
 
 
 def _poison_outcome(row: dict[str, Any]) -> str:
@@ -174,9 +220,9 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     sections = results["sections"]
     found = []
     for name, (title, columns) in SECTIONS.items():
-        if name.startswith("scale_"):
-            part = "long run" if name == "scale_run" else "resume"
-            rows = [r for r in sections.get("scale", []) if r["part"] == part]
+        if name in PARTS:
+            section, part = PARTS[name]
+            rows = [r for r in sections.get(section, []) if r["part"] == part]
         else:
             rows = sections.get(name, [])
         if not rows:

@@ -1,6 +1,6 @@
 """`make bench` / `make bench-quick`: every section, a table each, and `bench/results.json`.
 
-    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine ...] [--out bench/results.json]
+    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine|replicas ...] [--out FILE]
 
 Figures are ratios of things measured in the same run on the same machine (2 shared cores here), so compare rows
 of one run, not runs of different days. `--keep` leaves the work folder (datasets, run directories, server logs).
@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,18 +31,27 @@ from bench.common import REPO
 from bench.engine import EnginePlan, engine
 from bench.overhead import OverheadPlan, overhead
 from bench.recovery import PoisonPlan, RecoveryPlan, poison, recovery
+from bench.replicas import MIXED, SHORT, ReplicasPlan, replicas
 from bench.report import print_tables
 from bench.scale import ScalePlan, scale
 
 Section = Callable[[Path], list[dict[str, Any]]]
 
-# Sized so that `make bench` takes under 15 minutes here and `make bench-quick` about 3.
+# The wedge runs' lengths obey bench.replicas' sizing: the wedge after the window's 10 s warm-up, the relaunched
+# replica back before the end and short of its hang-after count again.
+QUICK_REPLICAS = ReplicasPlan(scaling_s=6.0, cold_start_s=5.0, wedge_at_s=12.0,
+                              wedge_run_s=((1, 18.0), (2, 22.0), (4, 24.0)), engine_items=0,
+                              bursts=(replace(MIXED, items=4_000, concurrency=96), replace(SHORT, items=5_000)))
+
+# Sized so that `make bench` takes about 24 minutes here (the replicas section ~8.5 of them) and `make bench-quick`
+# about 5 (replicas ~2).
 FULL: dict[str, Section] = {
     "overhead": lambda work: overhead(OverheadPlan(items=20_000, seconds=4, upstream_items=300, reps=3), work),
     "recovery": lambda work: recovery(RecoveryPlan(items=2_000, wedge_every=500), work),
     "poison": lambda work: poison(PoisonPlan(items=600, poison_at=200), work),
     "scale": lambda work: scale(ScalePlan(items=200_000, resume_lines=1_000_000), work),
     "engine": lambda work: engine(EnginePlan(items=1000), work),
+    "replicas": lambda work: replicas(ReplicasPlan(), work),
 }
 QUICK: dict[str, Section] = {
     "overhead": lambda work: overhead(OverheadPlan(items=5_000, seconds=1.5, upstream_items=120, reps=2), work),
@@ -51,6 +61,8 @@ QUICK: dict[str, Section] = {
     "poison": lambda work: poison(PoisonPlan(items=150, poison_at=70, scale=20), work),
     "scale": lambda work: scale(ScalePlan(items=20_000, resume_lines=100_000), work),
     "engine": lambda work: engine(EnginePlan(items=200, reps=1), work),  # only with --section engine: see QUICK_SKIPS
+    # Shorter runs and cold starts, and without its vLLM part (four vLLM cold starts), even with --section.
+    "replicas": lambda work: replicas(QUICK_REPLICAS, work),
 }
 # Left out of a plain `--quick` run (two cold starts of real vLLM take over a minute here); `--quick --section
 # engine` runs it small.
@@ -84,7 +96,7 @@ def merged(out: Path, results: dict[str, Any], *, partial: bool) -> dict[str, An
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced run of every section (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run of every section (about 5 minutes)")
     parser.add_argument("--section", action="append", choices=list(FULL), help="run only this section (repeatable)")
     parser.add_argument("--out", type=Path, help="[default: bench/results.json, or bench/results-quick.json]")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and say where it is")

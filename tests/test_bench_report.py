@@ -123,3 +123,27 @@ def test_each_wedge_of_the_real_mock_counts_once(tmp_path: Path) -> None:
         wait_until(lambda: count_wedges(log) > 0, 30, "the loud mock's wedge line")
         assert b"mock: wedged (hang-after)" in log.read_bytes()
         assert count_wedges(log) == 1
+
+
+def test_the_replicas_section_draws_one_table_per_part() -> None:
+    """bench.replicas writes one list of rows with a `part` each; the report splits them into four tables, and a
+    part that did not run (vLLM, in --quick) draws no table rather than an empty one."""
+    rows: list[dict[str, Any]] = [
+        {"part": "scaling", "replicas": 2, "batch": 8, "token_rate": 40.0, "concurrency": 16, "items": 800,
+         "steady_rps": 40.2, "speedup": 1.98, "speedup_target": 1.8, "cpu_us_per_request": 900.0,
+         "cpu_ratio": 1.01, "met": True},
+        {"part": "wedge", "replicas": 4, "window": "adaptive", "lost_s": 9.3, "window_s": 2.0, "quiet_s": 2.4,
+         "relaunch_s": 30.6, "bound_s": 10.26, "met": True},
+        {"part": "bursts", "replicas": 2, "items": 20_000, "faults": ["burst:3:8", "prefill:0.5"], "restarts": 0,
+         "window_min_s": 6.1, "window_max_s": 12.0, "met": True},
+    ]
+    drawn = tables({"sections": {"replicas": rows}})
+    found = {title.split(" ", 1)[0]: (header, cells) for title, header, cells in drawn}
+    assert sorted(found) == ["6a.", "6b.", "6c."]
+    header, [cells] = found["6a."]
+    assert dict(zip(header, cells, strict=True))["× one replica"] == "1.98"
+    header, [cells] = found["6b."]
+    assert dict(zip(header, cells, strict=True))["target s"] == "10.3"
+    header, [cells] = found["6c."]
+    row = dict(zip(header, cells, strict=True))
+    assert row["faults"] == "burst:3:8 prefill:0.5" and row["restarts"] == "0" and row["met"] == "yes"

@@ -53,6 +53,25 @@ def test_a_local_model_with_a_short_context_keeps_it(tmp_path: Path) -> None:
     assert spec.cmd[spec.cmd.index("--max-model-len") + 1] == "2048"
 
 
+def test_cpu_replicas_get_cores_of_their_own_and_gpu_replicas_their_tensor_parallel_size(tmp_path: Path) -> None:
+    from hallurun.server.pool import cpu_shares
+
+    assert cpu_shares(2, [0, 1]) == [(0,), (1,)]
+    assert cpu_shares(2, [0, 1, 2, 3, 4]) == [(0, 1), (2, 3)]
+    assert cpu_shares(3, [0, 1]) == [(0,), (1,), (0,)]  # fewer cores than replicas: in turn
+    spec = launch(_config(tmp_path), 8001, gpu=False, environ={}, cpus=(2, 3))
+    assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "2,3"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in launch(_config(tmp_path), 8001, gpu=False,
+                                                     environ={"VLLM_CPU_OMP_THREADS_BIND": "nobind"}, cpus=(2,)).env
+    pool = cfg.build(task="t", dataset=tmp_path / "d.jsonl", model="org/model", run_dir=tmp_path,
+                     server=cfg.ServerSpec(kind="vllm", python="py", replicas=2, gpus_per_replica=2))
+    two_ranks = launch(pool, 8001, gpu=False, environ={}, cpus=(0, 1, 2, 3))
+    assert two_ranks.env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"
+    on_gpu = launch(pool, 8001, gpu=True, environ={})
+    assert on_gpu.cmd[on_gpu.cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in on_gpu.env
+
+
 def test_secrets_never_reach_the_command_line(tmp_path: Path) -> None:
     spec = launch(_config(tmp_path), 8001, gpu=False, environ={"HALLURUN_API_KEY": "sk-secret"})
     assert not any("sk-secret" in part for part in spec.cmd)

@@ -99,3 +99,22 @@ def test_an_external_pool_goes_on_without_a_server_that_went_away(hallurun: Hall
     assert [e["replica"] for e in events(run_dir, "replica_retired")] == [1]
     assert _by_replica(run_dir, "server_unreachable")[1] >= 1
     assert 0 not in _by_replica(run_dir, "replica_retired")
+
+
+def test_an_engine_that_pauses_longer_than_ever_before_is_asked_not_restarted(hallurun: Hallurun,
+                                                                               tmp_path: Path) -> None:
+    # The mock's first pause (seed 1: 3.8 s, some 20 s in) comes after the window has learnt a steady pace and
+    # shrunk to its floor: silence alone would call it a wedge. The engine is asked for a token instead, answers
+    # once the pause is over, and the pause is learnt.
+    ids = write_dataset(tmp_path / "data.jsonl", 900)
+    run_dir = tmp_path / "run"
+    proc = hallurun.run(
+        "inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock", "--concurrency",
+        "8", "--max-tokens", "12", "--run-dir", str(run_dir), "--", "--token-rate", "40", "--seed", "1",
+        "--fault", "burst:4:15")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_exactly_once(run_dir, ids)
+    assert not events(run_dir, "hang_detected") and not events(run_dir, "server_restarted")
+    explained = events(run_dir, "silence_explained")
+    assert explained and explained[0]["window_s"] < 30 and explained[0]["quiet_s"] >= explained[0]["window_s"]
+    assert explained[0]["probe_answered"] or explained[0]["streams_resumed"]

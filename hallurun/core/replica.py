@@ -49,6 +49,7 @@ class Replica:
     solo_in_flight: int = 0  # suspects of poison in flight here (0 or 1): nothing else may start here meanwhile
     boarded_since_start: int = 0  # items dispatched to its current server process since it started
     held: int = 0  # jobs a recovery has taken off the replica and not yet put back (nor recorded)
+    doubted: float | None = None  # the silence (by its last sign of life) a probe found not to be a wedge
     retired: bool = False
 
     @property

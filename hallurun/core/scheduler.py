@@ -36,13 +36,15 @@ from hallurun.store.checkpoint import Checkpoint
 from hallurun.store.dataset import Item
 from hallurun.store.durable import write_atomic
 from hallurun.wire.client import Completion
-from hallurun.wire.metrics import ServerMetrics
 from hallurun.wire.policy import RequestError, RetryPolicy, ServerDown, is_connect_failure, is_stale_connection
 from hallurun.wire.watchdog import Flight, inspect
 
 POISON = "poison.json"  # the evidence against suspects of poison, across sessions
 FLUSH_INTERVAL = 0.2  # seconds between checkpoint batches
 FLUSH_BATCH = 512  # a batch this large is written at once
+# How long (in windows) a silent engine has to answer one token before it is wedged. The bench's bursty mock
+# (pauses of 3-6 s at a 2 s window) restarted healthy replicas with only the silence to go on.
+PROBE_WINDOWS = 2.0
 
 
 def idle_workers_may_act(*, queued: bool, running: int) -> bool:
@@ -61,17 +63,6 @@ def _load_poison(path: Path) -> PoisonTracker:
         return PoisonTracker.from_json(orjson.loads(path.read_bytes()))
     except (OSError, orjson.JSONDecodeError):
         return PoisonTracker()
-
-
-def _tokens_flat(metrics: ServerMetrics, quiet_since: float, now: float) -> float | None:
-    """How long the engine's generation-token counter has stood still, for a wedge below the ceiling: None where
-    /metrics has never been read (the silence alone decides), and 0 until a sample taken since the silence began
-    says so (one from before it cannot confirm it: the counter may have moved since)."""
-    if metrics.sampled_at is None:
-        return None
-    if metrics.sampled_at <= quiet_since:
-        return 0.0
-    return metrics.tokens_flat_for(now)
 
 
 class RestartBudgetExhausted(ServerError):
@@ -379,15 +370,40 @@ class Scheduler:
             metrics = r.stats.metrics
             queue_seen = metrics.sampled_at if metrics.waiting else None
             verdict = inspect(now, [x.flight for x in r.running.values()], r.activity, self.config.stall_timeout,
-                              queue_seen, pace=pace, tokens_flat=_tokens_flat(metrics, r.activity.last, now))
+                              queue_seen, pace=pace, tokens_flat=metrics.tokens_flat_for(now))
             ceiling = self.config.stall_timeout
             r.stats.window = ceiling if pace is None else pace.window(now, ceiling)
             if verdict.wedged:
-                await self._recover(r, "wedge", quiet_s=round(verdict.quiet_for, 2),
+                if verdict.quiet_for < ceiling and not await self._confirmed(r, verdict.window):
+                    continue
+                await self._recover(r, "wedge", quiet_s=round(loop.time() - r.activity.last, 2),
                                     window_s=round(verdict.window, 2))
                 continue
             for flight in verdict.stalled:
                 flight.cut(now)
+
+    async def _confirmed(self, r: Replica, window: float) -> bool:
+        """Below the ceiling, silence alone is not trusted: the engine is asked for one token (at most once per
+        silence), and a wedge is one that answers nothing within two more windows while its streams stay quiet
+        (a pause shorter than about three windows passes; a real wedge is found in about three windows, still
+        far under the ceiling).
+        An engine that pauses longer than it ever did (a first long preemption, a burst of long prefills) would
+        otherwise be restarted healthy; a pause seen this way is learnt, so the window allows it next time."""
+        silence = r.activity.last
+        if r.doubted == silence:
+            return False  # asked already during this silence: only the ceiling ends it now
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        answered = await r.supervisor.generates(within=PROBE_WINDOWS * window)
+        resumed = r.activity.last > silence
+        if not (answered or resumed):
+            return True
+        r.doubted = silence
+        if resumed:
+            r.pace.gap(loop.time(), r.activity.last - silence)  # the longest pause this engine has shown
+        r.events.emit("silence_explained", quiet_s=round(asked - silence, 2), window_s=round(window, 2),
+                      probe_answered=answered, streams_resumed=resumed)
+        return False
 
     async def _outage(self, r: Replica) -> None:
         """Requests could not reach the server: wait for it to answer again, restarting it only if it does not.

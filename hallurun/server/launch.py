@@ -73,7 +73,7 @@ def _context_length(model: str) -> int | None:
 
 
 def command(config: RunConfig, port: int, *, gpu: bool | None = None, environ: dict[str, str] | None = None,
-           build_tiny: bool = True) -> Launch:
+            build_tiny: bool = True, cpus: tuple[int, ...] = ()) -> Launch:
     """The command and extra environment for the configured server, listening on `port`."""
     spec = config.server
     python = spec.python or sys.executable
@@ -100,6 +100,11 @@ def command(config: RunConfig, port: int, *, gpu: bool | None = None, environ: d
         # CPU defaults, each skipped when the user set it (after `--` or in the environment).
         if "VLLM_CPU_KVCACHE_SPACE" not in env_now:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
+        ranks = spec.gpus_per_replica  # on the CPU, --tensor-parallel-size ranks: one list of cores each
+        groups = [cpus[i * len(cpus) // ranks:(i + 1) * len(cpus) // ranks] for i in range(ranks)]
+        if cpus and all(groups) and "VLLM_CPU_OMP_THREADS_BIND" not in env_now:
+            # This replica's own cores (server.pool.cpu_shares), not the ones every replica would pick.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, g)) for g in groups)
         if not _has_flag(args, "--max-model-len"):
             own = _context_length(path)
             cmd += ["--max-model-len", str(min(own, CPU_MAX_MODEL_LEN) if own else CPU_MAX_MODEL_LEN)]

@@ -8,6 +8,7 @@ restart reloads one server, not all of them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Slot:
     count: int = 1
     url: str | None = None  # an external replica's server
     cuda_visible_devices: str | None = None  # a launched replica's GPUs; None: inherited (none on a CPU machine)
+    cpus: tuple[int, ...] = ()  # a replica of a pool without GPUs: the cores its engine's threads are bound to
 
     @property
     def log_name(self) -> str:
@@ -41,4 +43,18 @@ def slots(spec: ServerSpec, environ: Mapping[str, str]) -> tuple[Slot, ...]:
         # One server of the default size sees every GPU, as before pools: `-- --tensor-parallel-size 8` still
         # spreads it over all eight.
         return (Slot(),)
-    return tuple(Slot(p.index, len(placements), cuda_visible_devices=p.cuda_visible_devices) for p in placements)
+    shares = cpu_shares(len(placements), sorted(os.sched_getaffinity(0))) if not any(p.gpus for p in placements) \
+        else [()] * len(placements)
+    return tuple(Slot(p.index, len(placements), cuda_visible_devices=p.cuda_visible_devices, cpus=share)
+                 for p, share in zip(placements, shares, strict=True))
+
+
+def cpu_shares(replicas: int, cores: list[int]) -> list[tuple[int, ...]]:
+    """The cores of a pool without GPUs, split into one contiguous share per replica (a core each, in turn, when
+    there are fewer cores than replicas). vLLM's CPU build binds its threads to the cores it sees, the same ones
+    in every process: two replicas on a 2-core machine both took core 0, and the second never finished starting
+    while the first served (measured). Each gets a share of its own instead."""
+    if len(cores) < replicas:
+        return [(cores[i % len(cores)],) for i in range(replicas)]
+    size = len(cores) // replicas
+    return [tuple(cores[i * size:(i + 1) * size]) for i in range(replicas)]

@@ -409,7 +409,7 @@ class Supervisor:
         self.ensure_guardian()
         assert self._guardian is not None
         self._claim_port()
-        planned = launch.command(self.config, self.port, environ=self.env)
+        planned = launch.command(self.config, self.port, environ=self.env, cpus=self.slot.cpus)
         token = uuid.uuid4().hex  # marks every process of this launch, those that leave its session included
         # Told before the fork: the chaos suite killed hallurun (-9) between a relaunch's fork and the `watch`
         # below, before the child had set its parent-death signal, and that server outlived everything.
@@ -535,6 +535,15 @@ class Supervisor:
         comeback.asked = time.monotonic()
         if await self._request_external_restart(again=again):
             comeback.seen_gone = False
+
+    async def generates(self, within: float) -> bool:
+        """Whether a one-token generation is answered (200) within `within` seconds: a server whose streams went
+        quiet but that answers this is pausing, not wedged."""
+        try:
+            status, _ = await self._probe(time.monotonic() + within)
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        return status == 200
 
     async def answers(self) -> bool:
         """Whether `/health` answers 200 now (after a connection broke under a request: is the server still there?)."""
