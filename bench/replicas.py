@@ -36,6 +36,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from bench.common import (
     REPO,
     HallurunRun,
     exactly_once,
+    hallurun_cmd,
     read_jsonl,
     record,
     run_hallurun,
@@ -104,6 +106,9 @@ class ReplicasPlan:
     bursts: tuple[BurstCase, ...] = (MIXED, SHORT)
     burst_replicas: int = 2
     burst_token_rate: float = 50.0
+    # judge: `hallurun eval --judge` (the mock as the judge, with this cold start) on a PreciseWikiQA run
+    judge_items: int = 60
+    judge_cold_start_s: float = 20.0
     timeout_s: float = 600.0
 
 
@@ -559,6 +564,29 @@ def bursts(plan: ReplicasPlan, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def judge(plan: ReplicasPlan, work: Path) -> list[dict[str, Any]]:
+    """`hallurun eval --judge` on a PreciseWikiQA run: the judge's launches (from the stages' events) against its
+    stages, and the cold starts a launch per stage (before the server lived for the command) would have added."""
+    run_dir = work / "replicas-judge-run"
+    print(f"replicas: judge, eval of {plan.judge_items} PreciseWikiQA answers ...", flush=True)
+    answered = run_hallurun(["inference", "--task", "precisewikiqa", "--model", "m", "--server", "mock", "--limit",
+                             str(plan.judge_items), "--run-dir", str(run_dir)], run_dir, timeout=plan.timeout_s)
+    _check(answered, "judge (the run to evaluate)")
+    args = ["eval", str(run_dir), "--judge", "judge-model", "--judge-server", "mock", "--",
+            "--fault", f"startup-delay:{_num(plan.judge_cold_start_s)}"]
+    began = time.monotonic()
+    done = subprocess.run(hallurun_cmd(*args), cwd=work, capture_output=True, text=True, timeout=plan.timeout_s)
+    wall = time.monotonic() - began
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"judge: hallurun eval exited {done.returncode}: {done.stderr[-400:]}")
+    stages = sorted(d for d in (run_dir / "eval" / "judge-model").iterdir() if d.is_dir())
+    starts = [e for d in stages for e in read_jsonl(d / "events.jsonl") if e.get("event") == "server_started"]
+    cold = max((e.get("startup_s") or 0.0 for e in starts), default=0.0)
+    return [{"part": "judge", "items": plan.judge_items, "stages": len(stages), "launches": len(starts),
+             "cold_start_s": cold, "wall_s": wall, "launches_per_stage_would_add_s": (len(stages) - len(starts)) * cold,
+             "met": len(starts) == 1, "reproduce": [shown(["hallurun", *args], work)]}]
+
+
 # -- the section ----------------------------------------------------------------------------------------------
 
 
@@ -569,6 +597,7 @@ def replicas(plan: ReplicasPlan, work: Path) -> list[dict[str, Any]]:
     rows = scaling(plan, work, rate_1)
     rows += wedge(plan, work, rate_1)
     rows += bursts(plan, work)
+    rows += judge(plan, work)
     if plan.engine_items:
         try:
             rows += engine(plan, work)

@@ -196,11 +196,17 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         col("clean req/s", "clean_rps", "{:,.1f}"),
         Column("one server req/s (engine section)", lambda r: (r.get("single_server") or {}).get("rps"), "{:,.1f}"),
     ]),
+    "replicas_judge": ("6e. Replicas: the judge loaded once per `hallurun eval` (stages' launches)", [
+        col("answers", "items"), col("judge stages", "stages"), col("launches", "launches"),
+        col("cold start s", "cold_start_s", "{:.1f}"), col("eval wall s", "wall_s", "{:.1f}"),
+        col("a launch per stage would add s", "launches_per_stage_would_add_s", "{:.1f}"), col("met", "met"),
+    ]),
 }
 # Tables drawn from one section's rows, by their `part`: table name -> (section, part).
 PARTS = {"scale_run": ("scale", "long run"), "scale_resume": ("scale", "resume"),
          "replicas_scaling": ("replicas", "scaling"), "replicas_wedge": ("replicas", "wedge"),
-         "replicas_bursts": ("replicas", "bursts"), "replicas_engine": ("replicas", "engine")}
+         "replicas_bursts": ("replicas", "bursts"), "replicas_engine": ("replicas", "engine"),
+         "replicas_judge": ("replicas", "judge")}
 
 
 def _poison_outcome(row: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ Section = Callable[[Path], list[dict[str, Any]]]
 # The wedge runs' lengths obey bench.replicas' sizing: the wedge after the window's 10 s warm-up, the relaunched
 # replica back before the end and short of its hang-after count again.
 QUICK_REPLICAS = ReplicasPlan(scaling_s=6.0, cold_start_s=5.0, wedge_at_s=12.0,
-                              wedge_run_s=((1, 18.0), (2, 22.0), (4, 24.0)), engine_items=0,
+                              wedge_run_s=((1, 18.0), (2, 22.0), (4, 24.0)), engine_items=0, judge_cold_start_s=5.0,
                               bursts=(replace(MIXED, items=4_000, concurrency=96), replace(SHORT, items=5_000)))
 
 # Sized so that `make bench` takes about 24 minutes here (the replicas section ~8.5 of them) and `make bench-quick`
