@@ -126,7 +126,7 @@ class Host:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, lender: Lender, handle: RunHandle) -> None:
         self.loop, self.lender, self.handle = loop, lender, handle
-        self._current: asyncio.Task[RunResult | None] | None = None
+        self._current: asyncio.Task[Any] | None = None
         self._stopped: str | None = None  # the signal that stopped the command, once one has
 
     def __call__(self, main: Main) -> RunResult | None:
@@ -136,7 +136,7 @@ class Host:
         if self._stopped is not None:
             return None  # no stage begins once the command is stopping
         inner = RunHandle(servers=self.lender)
-        self._current = asyncio.current_task()  # type: ignore[assignment]
+        self._current = asyncio.current_task()
         self.handle.follow(inner)
         try:
             return await main(inner)
