@@ -753,6 +753,22 @@ def expected_answer(prompt: str, sampling: dict[str, Any]) -> str:
     return "".join(job.generate()[0])
 
 
+def poison_is_convicted_in_bounded_solo_wedges(run: Finished) -> list[str]:
+    """A suspect wedges a server alone at most three times before it is convicted: at most once on a server that
+    had served others, then twice on freshly started ones (core/poison.py), whichever replicas run it. A pool of
+    two once passed a suspect between its replicas, never on a fresh one, for twenty restarts."""
+    s = run.schedule
+    if not s.poison or any(f.startswith(("hang-after", "crash-after")) for f in s.faults):
+        return []  # other wedges may strike while the suspect runs alone: no bound to hold it to
+    poison_ids = {item_id for item_id, r in zip(dataset_ids(run.records), run.records, strict=True)
+                  if s.poison_text in r["prompt"]}
+    alone = Counter(e["items"][0] for e in run.events()
+                    if e.get("event") == "hang_detected" and len(e.get("items") or []) == 1
+                    and e["items"][0] in poison_ids)
+    return [f"{item_id} wedged a server alone {count} times (at most 3 before its conviction)"
+            for item_id, count in alone.items() if count > 3]
+
+
 INVARIANTS: dict[str, Callable[[Finished], list[str]]] = {
     "completed": completed,
     "exactly_once": exactly_once,
@@ -763,6 +779,7 @@ INVARIANTS: dict[str, Callable[[Finished], list[str]]] = {
     "no_orphans": no_orphans,
     "answers_match_questions": answers_match_questions,
     "secret_kept": secret_kept,
+    "poison_bounded": poison_is_convicted_in_bounded_solo_wedges,
 }
 
 

@@ -60,13 +60,13 @@ def test_the_run_fails_only_when_no_replica_is_left(hallurun: Hallurun, tmp_path
 
 
 def test_poison_is_found_across_replicas_while_the_others_keep_serving(hallurun: Hallurun, tmp_path: Path) -> None:
-    ids = write_dataset(tmp_path / "data.jsonl", 60,
+    ids = write_dataset(tmp_path / "data.jsonl", 600,
                         prompt=lambda i: "POISON-PILL here" if i == 7 else f"Question {i}: what is {i} plus 1?")
     run_dir = tmp_path / "run"
     proc = hallurun.run(
         "inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server", "mock",
         "--replicas", "2", "--concurrency", "3", "--stall-timeout", "2", "--run-dir", str(run_dir), "--",
-        "--token-rate", "100", "--fault", "poison:POISON-PILL")
+        "--token-rate", "40", "--fault", "poison:POISON-PILL")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     failures = read_jsonl(run_dir / "failures.jsonl")
     assert [(f["id"], f["reason"]) for f in failures] == [(ids[7], "poison")]
@@ -74,7 +74,10 @@ def test_poison_is_found_across_replicas_while_the_others_keep_serving(hallurun:
     # Convicted by two wedges of a freshly started server with it alone in flight, on whichever replica ran it.
     solo = [e for e in events(run_dir, "hang_detected") if e["items"] == [ids[7]]]
     assert len(solo) >= 2
-    assert events(run_dir, "item_quarantined")[0]["id"] == ids[7]
+    (quarantined,) = events(run_dir, "item_quarantined")
+    assert quarantined["id"] == ids[7]
+    # While the suspect ran alone on one replica, the other kept serving: items settled in between.
+    assert [r for r in read_jsonl(run_dir / "results.jsonl") if solo[0]["t"] < r["done_at"] < quarantined["t"]]
 
 
 def test_an_external_pool_goes_on_without_a_server_that_went_away(hallurun: Hallurun, tmp_path: Path) -> None:

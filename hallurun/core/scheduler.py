@@ -240,7 +240,11 @@ class Scheduler:
             r.solo_in_flight -= flight.solo
             r.stats.in_flight = len(r.running)
             self.stats.in_flight -= 1
-            if flight.solo:
+            if flight.solo and not r.held:
+                # Not while a recovery holds it: a suspect that wedged its replica alone goes alone again, first,
+                # on that replica, freshly started; released here, another replica (one that had served others)
+                # took it, and the two passed it to and fro, never convicting it (a pool of two spent all twenty
+                # restarts on one poison input).
                 self._release_solo_host()
             if idle_workers_may_act(queued=bool(self._front or self._solo), running=len(r.running)):
                 self._changed.set()
