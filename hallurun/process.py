@@ -8,7 +8,8 @@ at the command line's layer, owns the process for it:
   or "complete" when every item had settled, is read from the `RunHandle`;
 - a second one does not wait for that stop: it kills the server trees at once, flushes what is pending (a bounded
   wait) and exits 130 on the spot;
-- while the loop is being set up and torn down, signals are only noted (`_Latch`).
+- while the loop is being set up and torn down, and after it until the process exits, signals are only noted
+  (`_Latch`).
 
 The run re-raises the cancellation once it has stopped (asyncio's convention); `run` takes the result from the
 handle instead, so the command line ends with the run's own exit code: 130, or 0 for a Ctrl-C during the final
@@ -111,8 +112,10 @@ class _Latch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+        # The noting handlers stay: the command line's process ends right after its run, and a signal in that
+        # ending (the interpreter joining its threads) was a KeyboardInterrupt traceback from `threading._shutdown`
+        # on an exit-0 run (chaos seed 0: a Ctrl-C just after the last item). A second one still exits at once.
+        return None
 
     def _note(self, signum: int, frame: object) -> None:
         self.pending.append(signal.Signals(signum).name)
