@@ -40,10 +40,10 @@ Main = Callable[[RunHandle], Coroutine[Any, Any, RunResult]]
 
 
 class _Lent:
-    """One pool of servers that outlives the runs that borrow it."""
+    """One pool of servers that outlives the runs that borrow it, and the log of its life between them."""
 
-    def __init__(self, folder: Path, events: EventLog, supervisors: list[Supervisor]) -> None:
-        self.folder, self.events, self.supervisors = folder, events, supervisors
+    def __init__(self, events: EventLog, supervisors: list[Supervisor]) -> None:
+        self.events, self.supervisors = events, supervisors
 
 
 class Lender:
@@ -54,11 +54,6 @@ class Lender:
         self.environ = dict(os.environ) if environ is None else environ
         self._pools: dict[tuple[str, ServerSpec], _Lent] = {}
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def launches(self) -> int:
-        """How many pools were launched (or, for external servers, first reached) so far."""
-        return len(self._pools)
 
     def lend(self, config: RunConfig, events: EventLog, env: dict[str, str],
              api_key: str | None) -> tuple[aiohttp.ClientSession, list[Supervisor]]:
@@ -77,7 +72,7 @@ class Lender:
             log = EventLog(folder)
             supervisors = [Supervisor(home, log.tagged(replica=slot.index), self._session, env, api_key=api_key,
                                       slot=slot) for slot in pool.slots(config.server, self.environ)]
-            lent = self._pools[key] = _Lent(folder, log, supervisors)
+            lent = self._pools[key] = _Lent(log, supervisors)
             self.handle.attach(supervisors=[s for p in self._pools.values() for s in p.supervisors])
         for supervisor in lent.supervisors:
             supervisor.events = events.tagged(replica=supervisor.slot.index)
