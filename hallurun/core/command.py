@@ -31,7 +31,7 @@ from hallurun.core.handle import RunHandle
 from hallurun.core.result import RunResult
 from hallurun.core.uncancellable import to_the_end
 from hallurun.server import pool
-from hallurun.server.supervisor import Supervisor
+from hallurun.server.supervisor import Supervisor, stop_all
 from hallurun.store.durable import RunDirWriteError
 from hallurun.store.events import EventLog
 
@@ -89,11 +89,7 @@ class Lender:
     async def close(self) -> None:
         """Stop every pool's servers whole, then close the session and the pools' logs."""
         try:
-            stops = [_stop(s) for lent in self._pools.values() for s in lent.supervisors]
-            failures = await asyncio.gather(*stops, return_exceptions=True)
-            for failure in failures:
-                if isinstance(failure, BaseException):
-                    raise failure
+            await stop_all([s for lent in self._pools.values() for s in lent.supervisors])
         finally:
             for lent in self._pools.values():
                 lent.events.close()
@@ -105,13 +101,6 @@ def _home_config(config: RunConfig, folder: Path) -> RunConfig:
     """The pool's configuration: the first borrower's, living in `folder` (its server.log, the server's working
     directory)."""
     return dataclasses.replace(config, run_dir=folder)
-
-
-async def _stop(supervisor: Supervisor) -> None:
-    try:
-        await supervisor.stop()
-    finally:
-        supervisor.close()
 
 
 class Host:

@@ -42,7 +42,7 @@ from hallurun.core.scheduler import RestartBudgetExhausted, Scheduler
 from hallurun.core.uncancellable import in_thread, to_the_end
 from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_OK, UsageError
 from hallurun.server import pool
-from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor
+from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor, stop_all
 from hallurun.store import manifest
 from hallurun.store.checkpoint import Checkpoint
 from hallurun.store.dataset import DatasetChanged, DatasetInfo, Item, iter_items
@@ -409,17 +409,7 @@ async def _wind_down(metrics: list[asyncio.Task[None]], replicas: list[Replica])
     for task in metrics:
         task.cancel()
     await asyncio.gather(*metrics, return_exceptions=True)
-    stops = await asyncio.gather(*(_stop(r.supervisor) for r in replicas), return_exceptions=True)
-    for failure in stops:
-        if isinstance(failure, BaseException):
-            raise failure
-
-
-async def _stop(supervisor: Supervisor) -> None:
-    try:
-        await supervisor.stop()
-    finally:
-        supervisor.close()
+    await stop_all([r.supervisor for r in replicas])
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
