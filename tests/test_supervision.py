@@ -3,11 +3,13 @@ leave nothing behind, and a run the server cannot serve."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -288,6 +290,21 @@ def test_an_old_server_that_stays_after_post_restart_is_asked_again(hallurun: Ha
     assert events(run_dir, "restart_requested_again")
 
 
+@contextlib.contextmanager
+def _stand_in(script: str, *args: str) -> Iterator[str]:
+    """A stand-in server of tests/ (a real process) on a free port, once healthy: its URL; killed afterwards."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / script), "--port", str(port), *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: mock_health(url) == 200, 30, "the stand-in server")
+        yield url
+    finally:
+        server.kill()
+        server.wait(10)
+
+
 def test_a_server_still_wedged_after_post_restart_is_asked_again_though_a_health_check_failed_meanwhile(
         hallurun: Hallurun, tmp_path: Path) -> None:
     # Chaos seed 7054 (through the fault proxy): a POST /restart that never reached the server, then one dropped
@@ -295,19 +312,11 @@ def test_a_server_still_wedged_after_post_restart_is_asked_again_though_a_health
     # probe until the restart wait ran out, and the run ended with exit 3. A server that answers /health but not
     # a generation after it was asked to restart has not restarted: it is asked again.
     ids = write_dataset(tmp_path / "data.jsonl", 10)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "unmoved_server.py"), "--port",
-                               str(port), "--serve", "3", "--lost", "1"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "run"
-    try:
-        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stand-in server")
+    with _stand_in("unmoved_server.py", "--serve", "3", "--lost", "1") as url:
         proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
-                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--stall-timeout", "2",
+                            url, "--run-dir", str(run_dir), "--stall-timeout", "2",
                             "--restart-wait", "20", "--concurrency", "1")
-    finally:
-        server.kill()
-        server.wait(10)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_exactly_once(run_dir, ids)
     assert len(events(run_dir, "restart_requested")) == 1 and len(events(run_dir, "server_restarted")) == 1
@@ -321,18 +330,10 @@ def test_an_external_server_found_wedged_at_the_first_start_is_asked_to_restart(
     # startup timeout ran out (exit 3). A server that is healthy but times out a one-token probe is wedged,
     # at a first start too: it is asked to restart.
     ids = write_dataset(tmp_path / "data.jsonl", 6)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "unmoved_server.py"), "--port",
-                               str(port), "--serve", "0", "--lost", "0"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "run"
-    try:
-        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stand-in server")
+    with _stand_in("unmoved_server.py", "--serve", "0", "--lost", "0") as url:
         proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
-                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--startup-timeout", "20")
-    finally:
-        server.kill()
-        server.wait(10)
+                            url, "--run-dir", str(run_dir), "--startup-timeout", "20")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_exactly_once(run_dir, ids)
     kinds = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
@@ -359,16 +360,9 @@ def test_a_probe_that_is_never_answered_leaves_time_for_another(hallurun: Hallur
     # The first readiness probe goes on a connection that is accepted and never answered; one probe used to wait
     # for the whole startup timeout, and the start failed although the server answered the next one at once.
     ids = write_dataset(tmp_path / "data.jsonl", 10)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "held_probe_server.py"), "--port",
-                               str(port), "--hold", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "run"
-    try:
-        wait_until(lambda: mock_health(f"http://127.0.0.1:{port}") == 200, 30, "the stand-in server")
+    with _stand_in("held_probe_server.py", "--hold", "1") as url:
         proc = hallurun.run("inference", "--task", str(tmp_path / "data.jsonl"), "--model", "m", "--server-url",
-                            f"http://127.0.0.1:{port}", "--run-dir", str(run_dir), "--startup-timeout", "12")
-    finally:
-        server.kill()
-        server.wait(10)
+                            url, "--run-dir", str(run_dir), "--startup-timeout", "12")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_exactly_once(run_dir, ids)
