@@ -366,7 +366,9 @@ def mock_server_command(host: str, port: int, model_name: str | None, latency: f
         parsed = tuple(mock_server.parse_fault(text) for text in faults)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
-    me = os.environ.get("HALLURUN_REPLICA", "0")
+    from hallurun.server.supervisor import REPLICA_ENV
+
+    me = os.environ.get(REPLICA_ENV, "0")  # set by the supervisor that launched this mock
     for text in replica_faults:
         index, _, spec = text.partition(":")
         if not index.isdigit() or not spec:
