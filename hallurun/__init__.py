@@ -1,7 +1,7 @@
 """hallurun: run LLM prompt batches against a supervised server, exactly once.
 
 The Python API (`hallurun.api`): `run`, `run_async`, `resume`, `resume_async`, returning a `RunResult`, and
-`evaluate`, returning the metrics (`Evaluated`); the typed
+`evaluate`, returning the metrics (`Evaluated`); `merge`, joining a sharded run's shards; the typed
 configuration values they take; the error family. They load on first use (PEP 562): `import hallurun` stays cheap
 for the command line and the mock server's process, which start often, and `__version__` never imports aiohttp.
 """
@@ -27,9 +27,11 @@ __all__ = [
     "ServerError",
     "ServerOptions",
     "ServerSpec",
+    "Shard",
     "UsageError",
     "__version__",
     "evaluate",
+    "merge",
     "resume",
     "resume_async",
     "run",
@@ -38,12 +40,12 @@ __all__ = [
 
 # Where each public name lives; read by __getattr__ on first use.
 _HOMES = {
-    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api",
+    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api", "merge": "hallurun.api",
     "Evaluated": "hallurun.eval.evaluate", "resume": "hallurun.api", "resume_async": "hallurun.api",
     "RunResult": "hallurun.core.result", "RunHandle": "hallurun.core.handle",
     "RunConfig": "hallurun.config", "RunOptions": "hallurun.config", "Sampling": "hallurun.config",
     "SamplingOverrides": "hallurun.config", "ServerOptions": "hallurun.config", "ServerSpec": "hallurun.config",
-    "ConfigError": "hallurun.config",
+    "ConfigError": "hallurun.config", "Shard": "hallurun.config",
     "HallurunError": "hallurun.errors", "UsageError": "hallurun.errors", "ServerError": "hallurun.errors",
     "RunStopped": "hallurun.errors",
 }
@@ -61,7 +63,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from hallurun.api import evaluate, resume, resume_async, run, run_async
+    from hallurun.api import evaluate, merge, resume, resume_async, run, run_async
     from hallurun.config import (
         ConfigError,
         RunConfig,
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         SamplingOverrides,
         ServerOptions,
         ServerSpec,
+        Shard,
     )
     from hallurun.core.handle import RunHandle
     from hallurun.core.result import RunResult

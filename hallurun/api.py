@@ -5,6 +5,8 @@
     result = await hallurun.run_async(...)      # inside any running event loop
     result = hallurun.resume("runs/x")
     found = hallurun.evaluate("runs/x")               # the heuristic judge; judge="MODEL" for an LLM judge
+    hallurun.run(task, model=..., run_dir="runs/big", shard=Shard(2, 4))  # one shard, in runs/big/shard-2-of-4
+    hallurun.merge("runs/big")                        # every shard joined, each id once; then evaluate it
 
 Every run call returns a `RunResult` (status, counts, `exit_code`); `evaluate` returns an `Evaluated` (the
 metrics of each judge, and their agreement). Problems a user must fix before any work starts
@@ -31,12 +33,14 @@ from typing import Any
 from rich.console import Console
 
 from hallurun.config import (
+    ConfigError,
     RunConfig,
     RunOptions,
     SamplingOverrides,
     ServerKind,
     ServerOptions,
     ServerSpec,
+    Shard,
     sampling_defaults,
 )
 from hallurun.config import build as build_config
@@ -49,6 +53,8 @@ from hallurun.errors import EXIT_INTERRUPTED, RunStopped, UsageError
 from hallurun.eval.evaluate import Evaluated, evaluate_run
 from hallurun.eval.judge import Judge
 from hallurun.eval.model_judge import ModelJudge, make_judge
+from hallurun.store.merge import Merged
+from hallurun.store.merge import merge as merge_shards
 from hallurun.tasks import registry
 
 # How a command's event loop is driven: given its coroutine (for a fresh RunHandle), run it to its end and return
@@ -65,17 +71,24 @@ def latest_run(root: str | Path = "runs") -> Path:
 def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
               limit: int | None = None, sampling: SamplingOverrides | None = None,
               server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None,
-              environ: Mapping[str, str] | None = None) -> RunConfig:
+              shard: Shard | None = None, environ: Mapping[str, str] | None = None) -> RunConfig:
     """The configuration `run` uses: `task` (a built-in task's name, a task folder or a JSONL file of prompts)
     with its default sampling and data, and what is given over them. `run_dir` defaults to
     `runs/<task>-<model>-<timestamp>`; `dataset` replaces a built-in task's data with a file of the same format.
     HalluLens' ENABLE_SERVER_RESTART and SERVER_RESTART_WAIT_TIME are read from `environ` (default: the
-    process's environment) unless `options` gives them. Raises UsageError (TaskError, ConfigError)."""
+    process's environment) unless `options` gives them. With `shard`, the run is that shard of a sharded run:
+    `run_dir` (required) is the folder all shards share, and this one runs in `run_dir/shard-I-of-N`; join them
+    with `merge`. Raises UsageError (TaskError, ConfigError)."""
     found = registry.resolve(str(task))
+    if shard is not None and run_dir is None:
+        raise ConfigError("--shard needs --run-dir: the folder every shard writes into, on storage they all share")
+    folder = Path(run_dir) if run_dir is not None else runner.default_run_dir(found.name, model)
+    named = Path(task)
+    ref = str(named.resolve()) if named.exists() else str(task)  # how a merge names the command of a shard
     return build_config(task=found.name, dataset=Path(dataset) if dataset is not None else found.dataset,
                         evaluator=found.evaluator, sampling=sampling_defaults(found.defaults), overrides=sampling,
-                        model=model, run_dir=Path(run_dir) if run_dir is not None else runner.default_run_dir(
-                            found.name, model), limit=limit, server=server, options=options, environ=environ)
+                        model=model, run_dir=folder / shard.folder if shard is not None else folder, limit=limit,
+                        server=server, options=options, shard=shard, task_ref=ref, environ=environ)
 
 
 async def start_async(config: RunConfig, *, console: Console | None = None,
@@ -87,7 +100,7 @@ async def start_async(config: RunConfig, *, console: Console | None = None,
 async def run_async(task: str | Path, *, model: str, run_dir: str | Path | None = None,
                     dataset: str | Path | None = None, limit: int | None = None,
                     sampling: SamplingOverrides | None = None, server: ServerSpec | ServerKind = "vllm",
-                    options: RunOptions | None = None, console: Console | None = None,
+                    options: RunOptions | None = None, shard: Shard | None = None, console: Console | None = None,
                     handle: RunHandle | None = None) -> RunResult:
     """Run a task's prompts (see `configure` for the arguments), in the running event loop, to a `RunResult`;
     a run directory that already holds this run is continued. `server` is "vllm" (launched), "mock" (the
@@ -95,17 +108,17 @@ async def run_async(task: str | Path, *, model: str, run_dir: str | Path | None 
     shows what the command line shows (progress, summary, resume hint; None: silent). `handle` reaches the run
     from outside its task, and holds the result of a cancelled one."""
     config = configure(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit, sampling=sampling,
-                       server=server, options=options)
+                       server=server, options=options, shard=shard)
     return await start_async(config, console=console, handle=handle)
 
 
 def run(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
         limit: int | None = None, sampling: SamplingOverrides | None = None,
-        server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None,
+        server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None, shard: Shard | None = None,
         console: Console | None = None) -> RunResult:
     """`run_async` in a new event loop, for code that has none running (see the module's note on Ctrl-C)."""
     return run_standalone(lambda handle: run_async(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit,
-                                                   sampling=sampling, server=server, options=options,
+                                                   sampling=sampling, server=server, options=options, shard=shard,
                                                    console=console, handle=handle))
 
 
@@ -165,6 +178,14 @@ def evaluate(run_dir: str | Path | None = None, *, judge: str | None = None, jud
     if done is None:
         raise RunStopped(EXIT_INTERRUPTED, "interrupted before the evaluation began")
     return done
+
+
+def merge(run_dir: str | Path) -> Merged:
+    """Join the shards of a sharded run (`run_dir/shard-I-of-N`, each finished) into `run_dir` itself: its
+    results.jsonl, failures.jsonl, generation.jsonl (dataset order) and manifest, every id exactly once; then
+    `evaluate(run_dir)` scores the whole run. Raises MergeRefused (a UsageError, one line per problem: a missing,
+    unfinished or foreign shard) before writing anything."""
+    return merge_shards(Path(run_dir))
 
 
 def _on(host: Host, judge: Judge) -> Judge:

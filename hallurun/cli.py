@@ -101,6 +101,17 @@ def _operational_options(fn: F) -> F:
     return fn
 
 
+def _shard_options(fn: F) -> F:
+    """The shard of a sharded run this command runs (`hallurun merge` joins them)."""
+    fn = option("--shards", type=click.IntRange(min=1),
+                help="With --shard auto under a Kubernetes Indexed Job: the Job's completions (not exported to "
+                     "the pod).")(fn)
+    return option("--shard", metavar="I/N|auto",
+                  help="Run shard I (0-based) of N: the items at positions p with p mod N = I, in "
+                       "RUN_DIR/shard-I-of-N. `auto`: the scheduler's index (a Slurm array task, a Kubernetes "
+                       "Indexed Job's JOB_COMPLETION_INDEX, SkyPilot's SKYPILOT_JOB_RANK).")(fn)
+
+
 def _split_operational(opts: dict[str, Any]) -> tuple[RunOptions, ServerOptions]:
     """The `_operational_options` as typed values: the run-level ones, and the server's launch settings (port,
     python, startup); None: not given."""
@@ -209,13 +220,14 @@ def main() -> None:
         help="URL of a running server (implies --server external); give it again for each server of a pool.")
 @option("--host", default="127.0.0.1", help="Address the launched server binds.")
 @option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
-        help="Run directory. [default: runs/<task>-<model>-<timestamp>]")
+        help="Run directory (with --shard: the folder all shards share). [default: runs/<task>-<model>-<timestamp>]")
+@_shard_options
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def inference(task: str, dataset: Path | None, limit: int | None, model: str, api_name: Api | None,
               max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
               server_kind: ServerKind, server_url: tuple[str, ...], host: str, run_dir: Path | None,
-              server_args: tuple[str, ...], **ops: Any) -> None:
+              shard: str | None, shards: int | None, server_args: tuple[str, ...], **ops: Any) -> None:
     """Run a task's prompts against a supervised server. Arguments after `--` go to the server command."""
     from rich.console import Console
 
@@ -225,6 +237,7 @@ def inference(task: str, dataset: Path | None, limit: int | None, model: str, ap
     console = Console(soft_wrap=True)
     cfg = api.configure(
         task, model=model, dataset=dataset, limit=limit, run_dir=run_dir, options=options,
+        shard=config.shard_option(shard, shards, os.environ),
         sampling=config.SamplingOverrides(api=api_name, max_tokens=max_tokens, temperature=temperature,
                                           top_p=top_p, seed=seed),
         server=server.over(_server(server_kind, server_url, host, tuple(server_args))),
@@ -237,25 +250,58 @@ def inference(task: str, dataset: Path | None, limit: int | None, model: str, ap
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--retry-failed", is_flag=True, help="Run the items recorded in failures.jsonl again.")
 @click.option("--force", is_flag=True, help="Continue even though the dataset file changed.")
+@_shard_options
 @_operational_options
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def resume(run_dir: Path | None, retry_failed: bool, force: bool, server_args: tuple[str, ...], **ops: Any) -> None:
-    """Continue an interrupted run (default: the most recent under runs/). Model, task and sampling come from
-    its manifest; operational options and server arguments after `--` may be changed."""
+def resume(run_dir: Path | None, retry_failed: bool, force: bool, shard: str | None, shards: int | None,
+           server_args: tuple[str, ...], **ops: Any) -> None:
+    """Continue an interrupted run (default: the most recent under runs/), or with --shard, that shard of the
+    sharded run RUN_DIR. Model, task and sampling come from its manifest; operational options and server
+    arguments after `--` may be changed."""
     import dataclasses
 
     from rich.console import Console
 
-    from hallurun import api, process
+    from hallurun import api, config, process
 
     options, server = _split_operational(ops)
     if server_args:
         server = dataclasses.replace(server, args=tuple(server_args))
     console = Console(soft_wrap=True)
-    chosen = _working_on(run_dir or api.latest_run())
+    chosen = run_dir or api.latest_run()
+    part = config.shard_option(shard, shards, os.environ)
+    chosen = _working_on(chosen / part.folder if part is not None else chosen)
     _exit_with(process.run(lambda handle: api.resume_async(
         chosen, options=options, server=server, retry_failed=retry_failed, force=force, console=console,
         handle=handle), console))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def merge(run_dir: Path) -> None:
+    """Join the finished shards of a sharded run (RUN_DIR/shard-I-of-N) into RUN_DIR: results.jsonl,
+    failures.jsonl, generation.jsonl in dataset order and a manifest, each id exactly once; then `hallurun eval
+    RUN_DIR` scores it. A missing, unfinished or foreign shard is refused, one line each, exit 2."""
+    from hallurun import api
+
+    done = api.merge(_working_on(run_dir))
+    click.echo(f"merged {done.shards} shards into {run_dir}: {done.results} results, {done.failures} failed "
+               f"(in {done.seconds:.1f} s); evaluate with `hallurun eval {run_dir}`")
+
+
+@main.command("exit-codes")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def exit_codes(as_json: bool) -> None:
+    """The exit codes, and which of them a scheduler should retry (docs/scaling.md)."""
+    import dataclasses
+
+    from hallurun.errors import EXIT_TABLE
+
+    if as_json:
+        click.echo(orjson.dumps([dataclasses.asdict(c) for c in EXIT_TABLE]).decode())
+        return
+    for c in EXIT_TABLE:
+        click.echo(f"{c.code:>4}  {c.name:20} {'retry' if c.retry else 'final':6} {c.meaning}")
 
 
 @main.command()

@@ -59,6 +59,101 @@ class ServerSpec:
         return (self.url, *self.extra_urls) if self.url else ()
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (0-based) of `count`: the items at dataset positions p with p mod count == index. By
+    position (after --limit), so every item is in exactly one shard, the shards are within one item of the same
+    size, a dataset sorted by popularity or length is dealt evenly, and a resumed shard gets the same items."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(f"--shard {self.index}/{self.count}: give I/N with N ≥ 1 and 0 ≤ I < N")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def folder(self) -> str:
+        """The shard's run folder, inside the shared run folder."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def holds(self, position: int) -> bool:
+        """Whether the item at `position` of the dataset is this shard's."""
+        return position % self.count == self.index
+
+    def size(self, total: int) -> int:
+        """How many of `total` items are this shard's."""
+        return len(range(self.index, total, self.count))
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`I/N`, as `--shard` takes it."""
+        index, slash, count = text.strip().partition("/")
+        if not slash or not index.isdecimal() or not count.isdecimal():
+            raise ConfigError(f"--shard {text}: give I/N (0-based, as in 0/4), or auto")
+        return cls(int(index), int(count))
+
+
+def shard_from_environment(environ: Mapping[str, str], shards: int | None = None) -> tuple[Shard, str]:
+    """`--shard auto`: this task's shard from the scheduler that started it, and the scheduler's name.
+
+    Slurm job arrays (SLURM_ARRAY_TASK_ID over a contiguous range, its bounds and step from SLURM_ARRAY_TASK_MIN,
+    _STEP and _COUNT or _MAX), Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX; Kubernetes does not export the
+    completions, so `shards` must give N), SkyPilot (SKYPILOT_JOB_RANK of SKYPILOT_NUM_JOBS). `shards`, when
+    given, must agree with what the scheduler says. Raises ConfigError (exit 2) when no scheduler says.
+    """
+    def number(name: str) -> int:
+        value = environ.get(name, "")
+        if not value.strip().isdecimal():
+            raise ConfigError(f"--shard auto: {name}={value!r} is not a whole number")
+        return int(value)
+
+    if "SLURM_ARRAY_TASK_ID" in environ:
+        task, low = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_MIN")
+        step = number("SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in environ else 1
+        span = (number("SLURM_ARRAY_TASK_MAX") - low) // max(step, 1) + 1 if "SLURM_ARRAY_TASK_MAX" in environ \
+            else None
+        count = number("SLURM_ARRAY_TASK_COUNT") if "SLURM_ARRAY_TASK_COUNT" in environ else span
+        if count is None or step < 1 or (span is not None and span != count) or (task - low) % step:
+            raise ConfigError("--shard auto: this Slurm array is not one contiguous range (SLURM_ARRAY_TASK_MIN/"
+                              "MAX/STEP/COUNT disagree); submit it as --array=0-<N-1>, or give --shard I/N")
+        found, source = Shard((task - low) // step, count), "slurm"
+    elif "JOB_COMPLETION_INDEX" in environ:
+        if shards is None:
+            raise ConfigError("--shard auto: JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job), but Kubernetes "
+                              "does not export the number of completions: give it as --shards N")
+        index = number("JOB_COMPLETION_INDEX")
+        if index >= shards:
+            raise ConfigError(f"--shard auto: JOB_COMPLETION_INDEX={index} is not below --shards {shards}; give "
+                              "the Job's completions as --shards")
+        found, source = Shard(index, shards), "kubernetes"
+    elif "SKYPILOT_JOB_RANK" in environ:
+        found, source = Shard(number("SKYPILOT_JOB_RANK"), number("SKYPILOT_NUM_JOBS")), "skypilot"
+    else:
+        raise ConfigError("--shard auto: no scheduler's index in the environment (SLURM_ARRAY_TASK_ID, "
+                          "JOB_COMPLETION_INDEX, SKYPILOT_JOB_RANK); give --shard I/N")
+    if shards is not None and shards != found.count:
+        raise ConfigError(f"--shards {shards}: the {source} job has {found.count} tasks")
+    return found, source
+
+
+def shard_option(text: str | None, shards: int | None, environ: Mapping[str, str]) -> Shard | None:
+    """`--shard I/N|auto` and `--shards N` as a Shard (None: not sharded)."""
+    if text is None:
+        if shards is not None:
+            raise ConfigError("--shards N goes with --shard auto (a Kubernetes Indexed Job's completions)")
+        return None
+    if text.strip() == "auto":
+        return shard_from_environment(environ, shards)[0]
+    shard = Shard.parse(text)
+    if shards is not None and shards != shard.count:
+        raise ConfigError(f"--shards {shards} disagrees with --shard {text}")
+    return shard
+
+
 def _given(value: Any) -> dict[str, Any]:
     """The fields of an options value that were given (not None)."""
     return {f.name: v for f in dataclasses.fields(value) if (v := getattr(value, f.name)) is not None}
@@ -137,6 +232,8 @@ class RunConfig:
     sampling: Sampling = field(default_factory=Sampling)
     server: ServerSpec = field(default_factory=ServerSpec)
     limit: int | None = None
+    shard: Shard | None = None  # this run is one shard of a sharded run (its folder is RUN/shard-I-of-N)
+    task_ref: str | None = None  # what --task named (a built-in's name, a folder's or a file's absolute path)
     concurrency: int = 64
     stall_timeout: float = 30.0
     metrics_interval: float = 10.0  # 0: never read the server's /metrics
@@ -177,6 +274,10 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
 
+    def items_in(self, count: int) -> int:
+        """How many of a dataset's `count` items (after --limit) this run answers: its shard's, or all."""
+        return count if self.shard is None else self.shard.size(count)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view for the manifest (paths as strings)."""
         data = dataclasses.asdict(self)
@@ -195,6 +296,8 @@ class RunConfig:
         server["args"] = tuple(server.get("args", ()))
         server["extra_urls"] = tuple(server.get("extra_urls", ()))
         data["server"] = ServerSpec(**server)
+        if data.get("shard") is not None:
+            data["shard"] = Shard(**data["shard"])
         data["dataset"] = Path(data["dataset"])
         data["run_dir"] = Path(data["run_dir"])
         known = {f.name for f in dataclasses.fields(cls)}
@@ -245,6 +348,7 @@ def server_spec(server: ServerSpec | ServerKind) -> ServerSpec:
 def build(*, task: str, dataset: Path, model: str, run_dir: Path, sampling: Sampling | None = None,
           overrides: SamplingOverrides | None = None, evaluator: str | None = None, limit: int | None = None,
           server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None, retry_failed: bool = False,
+          shard: Shard | None = None, task_ref: str | None = None,
           environ: Mapping[str, str] | None = None) -> RunConfig:
     """Build a run's configuration: the task's name, data and default `sampling`, with the user's `overrides`,
     `server` and `options` over them.
@@ -262,6 +366,8 @@ def build(*, task: str, dataset: Path, model: str, run_dir: Path, sampling: Samp
         sampling=(overrides or SamplingOverrides()).over(sampling or Sampling()),
         server=server_spec(server),
         limit=limit,
+        shard=shard,
+        task_ref=task_ref,
         retry_failed=retry_failed,
         **chosen.given(),
     )

@@ -4,6 +4,7 @@ user can fix is raised as a `UsageError` (exit code 2) naming the option, the fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -14,10 +15,10 @@ from hallurun.config import ConfigError, RunConfig, RunOptions, ServerOptions, r
 from hallurun.errors import UsageError
 from hallurun.server import launch, pool
 from hallurun.server.supervisor import free_port
-from hallurun.store import manifest
+from hallurun.store import manifest, shards
 from hallurun.store.dataset import DatasetError, DatasetInfo, scan
 from hallurun.store.durable import RunDirWriteError
-from hallurun.store.lock import LockError, RunLock
+from hallurun.store.lock import RunLock
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Prepared:
 
 def for_start(config: RunConfig) -> Prepared:
     """Start a run, or continue it if its directory already holds the same run."""
+    if config.shard is not None:
+        _check_shared_folder(config.run_dir.parent, config.shard.count)
     try:
         config.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -67,8 +70,16 @@ def for_start(config: RunConfig) -> Prepared:
 def for_resume(run_dir: Path, options: RunOptions | None = None, server: ServerOptions | None = None, *,
                retry_failed: bool = False, force: bool = False) -> Prepared:
     """Continue a run from its manifest. Only operational settings may change (`config.resumed`)."""
+    if not run_dir.exists() and shards.shard_of(run_dir):
+        raise UsageError(f"{run_dir}: this shard has not started; start it with its `hallurun inference ... "
+                         "--shard` command, which also continues a shard that has")
     if run_dir.is_dir() and not (run_dir / manifest.MANIFEST).is_file():
         manifest.read(run_dir)  # a folder that holds no run is refused (ManifestError) before it gets a lock file
+    with contextlib.suppress(manifest.ManifestError, TypeError, AttributeError):
+        merged = manifest.read(run_dir).get("merged")
+        if merged:
+            raise UsageError(f"{run_dir} is the merge of {merged['shards']} shards, not a run to continue: resume "
+                             f"a shard (`hallurun resume {run_dir}/shard-I-of-N`), then merge again")
     lock = _lock(run_dir)
     try:
         try:
@@ -84,6 +95,11 @@ def for_resume(run_dir: Path, options: RunOptions | None = None, server: ServerO
             raise UsageError(f"{run_dir / manifest.MANIFEST}: unreadable configuration ({exc})") from None
         info = preflight(config)
         changed = info.sha256 != started_with
+        if changed and config.shard is not None:
+            raise UsageError(f"{config.dataset}: the dataset changed since this shard started (sha256 "
+                             f"{started_with[:12]} → {info.sha256[:12]}); a shard cannot continue on a changed "
+                             "dataset (its items would move between shards): restore it, or start a new sharded "
+                             "run in another --run-dir")
         if changed and not force:
             raise UsageError(f"{config.dataset}: the dataset changed since this run started (sha256 "
                              f"{started_with[:12]} → {info.sha256[:12]}); "
@@ -92,6 +108,18 @@ def for_resume(run_dir: Path, options: RunOptions | None = None, server: ServerO
         lock.release()
         raise
     return Prepared(config, info, lock, write_manifest=changed, changed=changed)
+
+
+def _check_shared_folder(shared: Path, count: int) -> None:
+    """A shard starts only in a folder that holds shards of the same N (or nothing yet): reads only, since other
+    shards may be starting on other hosts at this moment."""
+    others = sorted({shard.count for shard, _ in shards.find(shared)} - {count})
+    if others:
+        raise UsageError(f"--run-dir {shared}: it holds shards of {others[0]} (shard-I-of-{others[0]}), not of "
+                         f"{count}; give --shard I/{others[0]}, or another --run-dir")
+    with contextlib.suppress(manifest.ManifestError, TypeError):
+        if "merged" not in manifest.read(shared):
+            raise UsageError(f"--run-dir {shared}: it holds an unsharded run; give another --run-dir")
 
 
 def write_manifest(config: RunConfig, info: DatasetInfo) -> None:
@@ -106,10 +134,7 @@ def _lock(run_dir: Path) -> RunLock:
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run directory")
     lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-    except LockError as exc:
-        raise UsageError(str(exc)) from None
+    lock.acquire()  # LockError (2), or RunDirBusy (75: another hallurun runs it; try again later)
     return lock
 
 

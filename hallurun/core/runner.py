@@ -44,7 +44,7 @@ from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_OK, UsageError
 from hallurun.server import pool
 from hallurun.server.supervisor import PortInUse, ServerRefusesRun, ServerStartError, Supervisor, stop_all
 from hallurun.store import manifest
-from hallurun.store.checkpoint import Checkpoint
+from hallurun.store.checkpoint import GENERATION, Checkpoint
 from hallurun.store.dataset import DatasetChanged, DatasetInfo, Item, iter_items
 from hallurun.store.durable import RunDirWriteError, fsync_dir
 from hallurun.store.events import EventLog
@@ -52,7 +52,6 @@ from hallurun.wire.client import Client
 from hallurun.wire.metrics import poll
 from hallurun.wire.watchdog import Activity
 
-GENERATION = "generation.jsonl"
 API_KEY_ENV = "HALLURUN_API_KEY"
 
 
@@ -194,7 +193,7 @@ def _open(prepared: Prepared, out: _Output, resumed: bool) -> _Open | RunResult:
     except RunDirWriteError as exc:
         checkpoint.close()
         return _report_io(config, info, exc, out)
-    opened = _Open(config, info, checkpoint, events, RunStats(total=info.count))
+    opened = _Open(config, info, checkpoint, events, RunStats(total=config.items_in(info.count)))
     try:
         _begin(opened, out.console, resumed=resumed, changed=prepared.changed)
     except RunDirWriteError as exc:
@@ -221,11 +220,13 @@ def _begin(run: _Open, console: Console, *, resumed: bool, changed: bool) -> Non
         events.emit("failures_retried", count=len(retried))
     stats.done, stats.failed = len(checkpoint.done), len(checkpoint.failed)
     stats.done_at_start = stats.settled
-    events.emit("run_resumed" if resumed else "run_started", total=info.count, done=stats.done,
-                failed=stats.failed, repaired_bytes=checkpoint.repaired_bytes)
+    shard = {} if config.shard is None else {"shard": config.shard.index, "shards": config.shard.count}
+    events.emit("run_resumed" if resumed else "run_started", total=stats.total, done=stats.done,
+                failed=stats.failed, repaired_bytes=checkpoint.repaired_bytes, **shard)
     if checkpoint.repaired_bytes:
         console.print(f"repaired a torn last line ({checkpoint.repaired_bytes} bytes) in {config.run_dir}")
-    console.print(f"hallurun: {config.task} on {config.model}: {stats.settled}/{info.count} already "
+    of = "" if config.shard is None else f" (shard {config.shard} of {info.count} items)"
+    console.print(f"hallurun: {config.task} on {config.model}{of}: {stats.settled}/{stats.total} already "
                   f"settled; run dir {config.run_dir}; resume with `{resume_command(config.run_dir)}`",
                   highlight=False)
 
@@ -262,7 +263,8 @@ def _asks_the_same(config: RunConfig, info: DatasetInfo) -> Callable[[dict[str, 
 def _report_io(config: RunConfig, info: DatasetInfo, exc: RunDirWriteError, out: _Output) -> RunResult:
     out.errors.print(f"error: {exc}\nnothing already written is lost; make room, then: "
                      f"{resume_command(config.run_dir)}", highlight=False, markup=False)
-    return RunResult(config.run_dir, "run_dir_unwritable", total=info.count, done=0, failed=0, message=str(exc))
+    return RunResult(config.run_dir, "run_dir_unwritable", total=config.items_in(info.count), done=0, failed=0,
+                     message=str(exc))
 
 
 class _Items:
@@ -276,17 +278,19 @@ class _Items:
 
     def __iter__(self) -> Iterator[Item]:
         try:
-            yield from iter_items(self.config.dataset, self.config.limit, expected=self.info)
+            yield from self._read()
         except DatasetChanged as exc:
             self.changed = exc
 
+    def _read(self) -> Iterator[Item]:
+        return iter_items(self.config.dataset, self.config.limit, expected=self.info, shard=self.config.shard)
+
     def all_settled(self, checkpoint: Checkpoint) -> bool:
         """Whether no item needs the server (then none is launched: a finished run only writes its files)."""
-        if len(checkpoint.done) + len(checkpoint.failed) < self.info.count:
+        if len(checkpoint.done) + len(checkpoint.failed) < self.config.items_in(self.info.count):
             return False  # fewer settled than items: no need to read the dataset again to know
         try:
-            return all(checkpoint.is_settled(item.id) for item in iter_items(self.config.dataset, self.config.limit,
-                                                                             expected=self.info))
+            return all(checkpoint.is_settled(item.id) for item in self._read())
         except DatasetChanged:
             return False
 
@@ -460,7 +464,7 @@ def _finish(run: _Open, outcome: _Outcome, out: _Output) -> RunResult:
             outcome = _complete(run, console)
         if outcome.status not in ("complete", "failed_items"):
             _say_why(run, outcome, out)
-        return RunResult(config.run_dir, outcome.status, total=run.info.count, done=len(run.checkpoint.done),
+        return RunResult(config.run_dir, outcome.status, total=stats.total, done=len(run.checkpoint.done),
                          failed=len(run.checkpoint.failed), restarts=stats.restarts, message=outcome.message)
     finally:
         events.close()
@@ -528,7 +532,7 @@ def write_generation(config: RunConfig, info: DatasetInfo, path: Path) -> tuple[
     written = mismatched = 0
     try:
         with tmp.open("wb") as out, results.open("rb") as fh:
-            for item in iter_items(config.dataset, config.limit, expected=info):
+            for item in iter_items(config.dataset, config.limit, expected=info, shard=config.shard):
                 where = offsets.get(item.id)
                 if where is None:
                     continue
@@ -537,7 +541,7 @@ def write_generation(config: RunConfig, info: DatasetInfo, path: Path) -> tuple[
                 if result.get("prompt") != item.prompt:
                     mismatched += 1
                     continue
-                out.write(orjson.dumps({**item.record, "generation": result.get("generation", "")}) + b"\n")
+                out.write(orjson.dumps(item.answered(result.get("generation", ""))) + b"\n")
                 written += 1
             out.flush()
             os.fsync(out.fileno())

@@ -327,6 +327,8 @@ class Scheduler:
             "latency_s": round(latency, 4),
             "attempts": job.attempts,
             "done_at": round(time.time(), 3),  # the run's timeline draws its throughput from these
+            # Where the item sits in the dataset: `hallurun merge` joins the shards' answers by it.
+            "dataset_index": job.item.position,
         }
         record["id"] = job.item.id
         if self.checkpoint.add_result(record):
@@ -335,7 +337,7 @@ class Scheduler:
 
     def _record_failure(self, job: Job, reason: str, error: str) -> None:
         self.poison.forget(job.item.id)
-        if self.checkpoint.add_failure(job.item.id, reason, error, job.attempts):
+        if self.checkpoint.add_failure(job.item.id, reason, error, job.attempts, job.item.position):
             self.stats.failed += 1
         self._maybe_flush()
 

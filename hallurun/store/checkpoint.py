@@ -21,6 +21,7 @@ from hallurun.store.durable import RunDirWriteError, fsync_dir, write_atomic
 
 RESULTS = "results.jsonl"
 FAILURES = "failures.jsonl"
+GENERATION = "generation.jsonl"  # HalluLens' format, written from the results when a run is complete
 
 
 def repair(path: Path) -> int:
@@ -231,12 +232,16 @@ class Checkpoint:
         self.results.append(record)
         return True
 
-    def add_failure(self, item_id: str, reason: str, error: str, attempts: int) -> bool:
-        """Record an item that finally failed. Returns False if it is already finished or failed."""
+    def add_failure(self, item_id: str, reason: str, error: str, attempts: int, position: int | None = None) -> bool:
+        """Record an item that finally failed (at `position` in the dataset, if known). Returns False if it is
+        already finished or failed."""
         if item_id in self.done or item_id in self.failed:
             return False
         self.failed[item_id] = reason
-        self.failures.append({"id": item_id, "reason": reason, "error": error, "attempts": attempts})
+        record: dict[str, Any] = {"id": item_id, "reason": reason, "error": error, "attempts": attempts}
+        if position is not None:
+            record["dataset_index"] = position
+        self.failures.append(record)
         return True
 
     @property

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hallurun.config import Shard
 from hallurun.store.jsonl import JsonlError, read_lines
 
 DIGEST_BYTES = 8  # per record: a million records cost 8 MB, and a changed line goes unnoticed 1 time in 2**64
@@ -30,11 +31,17 @@ class DatasetChanged(DatasetError):
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One prompt to run. `record` holds every input field, carried into the results."""
+    """One prompt to run. `record` holds every input field, carried into the results; `position` is its record's
+    place in the dataset (0-based), which decides its shard."""
 
     id: str
     prompt: str
     record: dict[str, Any]
+    position: int = 0
+
+    def answered(self, generation: str) -> dict[str, Any]:
+        """The item's line in HalluLens' generation.jsonl: its input fields, and the answer as `generation`."""
+        return {**self.record, "generation": generation}
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def _parse(path: Path, line_no: int, record: dict[str, Any], index: int) -> Item
     raw_id = record.get("id", index)
     if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or raw_id == "":
         raise DatasetError(path, line_no, "field 'id': must be a non-empty string or an integer")
-    return Item(id=str(raw_id), prompt=prompt, record=record)
+    return Item(id=str(raw_id), prompt=prompt, record=record, position=index)
 
 
 def _digest(raw: bytes) -> bytes:
@@ -78,8 +85,10 @@ def _still_valid(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
         raise DatasetChanged(exc.path, exc.line, f"the file changed during the run ({exc.message})") from None
 
 
-def iter_items(path: Path, limit: int | None = None, expected: DatasetInfo | None = None) -> Iterator[Item]:
-    """Yield the dataset's items in file order; items without an `id` get their record index.
+def iter_items(path: Path, limit: int | None = None, expected: DatasetInfo | None = None,
+               shard: Shard | None = None) -> Iterator[Item]:
+    """Yield the dataset's items in file order; items without an `id` get their record index. With `shard`, only
+    that shard's items (every record is still read, and checked).
 
     With `expected` (the validating pass's result), every record is checked against it: DatasetChanged is raised
     at the first record that differs, and at a record beyond those validated, before the record is yielded.
@@ -96,7 +105,8 @@ def iter_items(path: Path, limit: int | None = None, expected: DatasetInfo | Non
             if _digest(raw) != expected.digests[index * DIGEST_BYTES:(index + 1) * DIGEST_BYTES]:
                 raise DatasetChanged(path, line_no, "the file changed during the run: this record is not the one "
                                                     "validated at the start")
-        yield _parse(path, line_no, record, index)
+        if shard is None or shard.holds(index):
+            yield _parse(path, line_no, record, index)
     if expected is not None and index + 1 < expected.count:
         raise DatasetChanged(path, None, f"the file changed during the run: it now holds {index + 1} of the "
                                          f"{expected.count} records validated at the start")
@@ -109,10 +119,7 @@ def scan(path: Path, limit: int | None = None) -> DatasetInfo:
     """
     if not path.is_file():
         raise DatasetError(path, None, "dataset file not found")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    sha256 = sha256_of(path)
     seen: dict[str, int] = {}
     digests = bytearray()
     for index, (line_no, raw, record) in enumerate(_lines(path)):
@@ -126,4 +133,13 @@ def scan(path: Path, limit: int | None = None) -> DatasetInfo:
     count = len(digests) // DIGEST_BYTES
     if count == 0:
         raise DatasetError(path, None, "dataset has no records")
-    return DatasetInfo(path=path, sha256=digest.hexdigest(), count=count, digests=bytes(digests))
+    return DatasetInfo(path=path, sha256=sha256, count=count, digests=bytes(digests))
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a whole file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

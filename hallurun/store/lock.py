@@ -11,14 +11,21 @@ from pathlib import Path
 
 import orjson
 
-from hallurun.errors import UsageError
+from hallurun.errors import EXIT_BUSY, UsageError
 
 LOCK = "lock"
 BRIEF_HOLD_S = 2.0  # far longer than `hallurun status` holds it
 
 
 class LockError(UsageError):
-    """The run directory is held by another live hallurun."""
+    """The run directory's lock cannot be taken: its file cannot be opened, or the filesystem has no flock."""
+
+
+class RunDirBusy(LockError):
+    """The run directory is held by another live hallurun: exit 75, for a scheduler "try again later" (an earlier
+    attempt of the same shard that has not ended yet, or whose lock the filesystem has not released yet)."""
+
+    exit_code = EXIT_BUSY
 
 
 class RunLock:
@@ -48,7 +55,13 @@ class RunLock:
                     continue
                 holder = self._describe_holder(fd)
                 os.close(fd)
-                raise LockError(f"{self.path.parent} is in use by {holder}; wait for it or stop it first") from None
+                raise RunDirBusy(f"{self.path.parent} is in use by {holder}; wait for it or stop it first") from None
+            except OSError as exc:
+                # Lustre mounted without `-o flock`, some FUSE filesystems: no lock at all is no safety at all.
+                os.close(fd)
+                raise LockError(f"{self.path}: this filesystem cannot lock it ({exc.strerror or exc}); put the run "
+                                "folder on one that supports flock (Lustre: mount with -o flock; see "
+                                "docs/scaling.md)") from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "argv": sys.argv[:3]}
         os.write(fd, orjson.dumps(info) + b"\n")
@@ -67,3 +80,21 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid holding the run's lock, or None if no hallurun is running it."""
+    path = run_dir / LOCK
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int(orjson.loads(os.pread(fd, 4096, 0))["pid"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return -1  # held, by a holder that has not written its pid yet
+    finally:
+        os.close(fd)
+    return None

@@ -12,6 +12,7 @@ import orjson
 from hallurun import __version__
 from hallurun.config import RunConfig
 from hallurun.errors import UsageError
+from hallurun.store import shards
 from hallurun.store.dataset import DatasetInfo
 from hallurun.store.durable import write_atomic
 
@@ -22,16 +23,23 @@ class ManifestError(UsageError):
     """The manifest is missing or unreadable, or the run cannot be continued as asked."""
 
 
-def fingerprint(config: RunConfig, dataset_sha256: str) -> str:
-    """A short hash of what makes two runs' results comparable: task, model, sampling and data."""
-    identity = {
+def identity(config: RunConfig, dataset_sha256: str) -> dict[str, Any]:
+    """What makes two runs' results comparable: task, model, sampling and data (the shard aside)."""
+    return {
         "task": config.task,
         "model": config.model,
         "sampling": config.to_json()["sampling"],
         "dataset_sha256": dataset_sha256,
         "limit": config.limit,
     }
-    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def fingerprint(config: RunConfig, dataset_sha256: str) -> str:
+    """A short hash of a run's identity, and of its shard: one shard's folder never continues another's."""
+    what = identity(config, dataset_sha256)
+    if config.shard is not None:
+        what["shard"] = [config.shard.index, config.shard.count]
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def write(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
@@ -41,6 +49,7 @@ def write(config: RunConfig, dataset: DatasetInfo) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "fingerprint": fingerprint(config, dataset.sha256),
         "dataset": {"path": str(dataset.path.resolve()), "sha256": dataset.sha256, "count": dataset.count},
+        "items": config.items_in(dataset.count),  # this run's share of them: all, or its shard's
         "config": config.to_json(),
     }
     write_atomic(config.run_dir / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
@@ -53,6 +62,7 @@ def read(run_dir: Path) -> dict[str, Any]:
     try:
         return orjson.loads(path.read_bytes())
     except FileNotFoundError:
-        raise ManifestError(f"{path}: not found; is {run_dir} a hallurun run directory?") from None
+        sharded = shards.not_merged(run_dir)
+        raise ManifestError(sharded or f"{path}: not found; is {run_dir} a hallurun run directory?") from None
     except orjson.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
