@@ -201,6 +201,16 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         col("cold start s", "cold_start_s", "{:.1f}"), col("eval wall s", "wall_s", "{:.1f}"),
         col("a launch per stage would add s", "launches_per_stage_would_add_s", "{:.1f}"), col("met", "met"),
     ]),
+    "merge": ("7. Merge: `hallurun merge` of a run over 16 shards (its own process; peak RSS from wait4)", [
+        col("results", "merged_results", "{:,}"), col("failures", "merged_failures", "{:,}"),
+        col("shards' results MB", "results_on_disk_mb", "{:,.0f}"), col("B/result", "answer_bytes_per_item", "{:.0f}"),
+        col("merge s", "wall_s", "{:.1f}"), col("results/s", "results_per_s", "{:,.0f}"),
+        Column("time × for items ×", lambda r: (r["time_ratio"], r["items_ratio"]) if "time_ratio" in r else None,
+               "{0[0]:.1f} for {0[1]:.0f}"),
+        col("peak RSS MB", "peak_rss_mb", "{:.0f}"), col("bare --version MB", "bare_rss_mb", "{:.0f}"),
+        col("over bare B/item", "over_bare_bytes_per_item", "{:.0f}"),
+        col("growth B/item", "growth_bytes_per_item", "{:.0f}"), col("verified", "verified"),
+    ]),
 }
 # Tables drawn from one section's rows, by their `part`: table name -> (section, part).
 PARTS = {"scale_run": ("scale", "long run"), "scale_resume": ("scale", "resume"),

@@ -1,6 +1,6 @@
 """`make bench` / `make bench-quick`: every section, a table each, and `bench/results.json`.
 
-    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine|replicas ...] [--out FILE]
+    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine|replicas|merge ...] [--out FILE]
 
 Figures are ratios of things measured in the same run on the same machine (2 shared cores here), so compare rows
 of one run, not runs of different days. `--keep` leaves the work folder (datasets, run directories, server logs).
@@ -29,6 +29,7 @@ from rich.console import Console
 
 from bench.common import REPO
 from bench.engine import EnginePlan, engine
+from bench.merge import MergePlan, merge
 from bench.overhead import OverheadPlan, overhead
 from bench.recovery import PoisonPlan, RecoveryPlan, poison, recovery
 from bench.replicas import MIXED, SHORT, ReplicasPlan, replicas
@@ -52,6 +53,7 @@ FULL: dict[str, Section] = {
     "scale": lambda work: scale(ScalePlan(items=200_000, resume_lines=1_000_000), work),
     "engine": lambda work: engine(EnginePlan(items=1000), work),
     "replicas": lambda work: replicas(ReplicasPlan(), work),
+    "merge": lambda work: merge(MergePlan(sizes=(100_000, 1_000_000)), work),
 }
 QUICK: dict[str, Section] = {
     "overhead": lambda work: overhead(OverheadPlan(items=5_000, seconds=1.5, upstream_items=120, reps=2), work),
@@ -63,6 +65,7 @@ QUICK: dict[str, Section] = {
     "engine": lambda work: engine(EnginePlan(items=200, reps=1), work),  # only with --section engine: see QUICK_SKIPS
     # Shorter runs and cold starts, and without its vLLM part (four vLLM cold starts), even with --section.
     "replicas": lambda work: replicas(QUICK_REPLICAS, work),
+    "merge": lambda work: merge(MergePlan(sizes=(10_000, 100_000)), work),
 }
 # Left out of a plain `--quick` run (two cold starts of real vLLM take over a minute here); `--quick --section
 # engine` runs it small.

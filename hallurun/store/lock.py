@@ -95,6 +95,8 @@ def running_pid(run_dir: Path) -> int | None:
             return int(orjson.loads(os.pread(fd, 4096, 0))["pid"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return -1  # held, by a holder that has not written its pid yet
+    except OSError:
+        return None  # a filesystem without flock (no run could have taken the lock there either)
     finally:
         os.close(fd)
     return None
