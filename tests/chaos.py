@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class Schedule:
     restart_delay: float  # external: the supervisor's most seconds before it brings the mock back
     actions: tuple[Action, ...]
     replicas: int = 1  # managed: the pool's size (each replica its own mock process, log and restart budget)
+    shards: int = 1  # the run is split into this many shards, run at once in one shared folder, then merged
 
     @property
     def poison_text(self) -> str:
@@ -198,7 +200,10 @@ def make_schedule(seed: int) -> Schedule:
         api_key=rng.choice((None, None, None, f"key-{seed}-secret")), restart_delay=rng.uniform(0.0, 1.5),
         actions=tuple(actions),
         # Drawn last, so that every earlier draw (and so every older seed's faults) stays as it was.
-        replicas=rng.choice((1, 1, 2, 3)) if mode == "managed" else 1)
+        replicas=rng.choice((1, 1, 2, 3)) if mode == "managed" else 1,
+        # Drawn after the replicas, for the same reason. Managed only: shards sharing one external server would
+        # restart it under each other, which is that server's operator's business, not a sharded run's.
+        shards=rng.choice((1, 1, 1, 2, 3)) if mode == "managed" else 1)
     return dataclasses.replace(schedule, items=_items_within(schedule, WORK_BUDGET_S))
 
 
@@ -263,9 +268,10 @@ def _random_id(rng: random.Random, unicode: bool) -> str | int:
     return f"q-{rng.randint(0, 10**9):09d}"
 
 
-def dataset_ids(records: list[dict[str, Any]]) -> list[str]:
-    """The run's id of each record: its `id`, else its position (as hallurun.store.dataset gives it)."""
-    return [str(r.get("id", i)) for i, r in enumerate(records)]
+def dataset_ids(records: list[dict[str, Any]], positions: list[int] | None = None) -> list[str]:
+    """The run's id of each record: its `id`, else its position in the dataset (as hallurun.store.dataset gives
+    it; `positions`: where each record sits, for a shard's share of them)."""
+    return [str(r.get("id", p)) for p, r in zip(positions or range(len(records)), records, strict=True)]
 
 
 # -- running a schedule --------------------------------------------------------------------------------------------
@@ -294,6 +300,11 @@ class Finished:
     proxy_log: str = ""
     actions_done: Counter[str] = field(default_factory=Counter)
     orphans: list[str] = field(default_factory=list)  # one line per time marked processes outlived hallurun
+    positions: list[int] | None = None  # a shard's: each record's position in the dataset
+    parts: list[Finished] = field(default_factory=list)  # a sharded run's shards; its own invocation is the merge
+
+    def ids(self) -> list[str]:
+        return dataset_ids(self.records, self.positions)
 
     def count(self, pattern: str, text: str | None = None) -> int:
         return len(re.findall(pattern, self.server_log if text is None else text, flags=re.M))
@@ -414,8 +425,9 @@ def _env(schedule: Schedule) -> dict[str, str]:
     return env
 
 
-def inference_command(schedule: Schedule, data: Path, run_dir: Path, server_url: str | None) -> list[str]:
-    """The first invocation's command line."""
+def inference_command(schedule: Schedule, data: Path, run_dir: Path, server_url: str | None,
+                      shard: tuple[int, int] | None = None) -> list[str]:
+    """The first invocation's command line (of shard I of N, in the shared `run_dir`, if given)."""
     cmd = [sys.executable, "-m", "hallurun", "inference", "--task", str(data), "--model", MODEL,
            "--api", schedule.api, "--max-tokens", str(schedule.max_tokens), "--run-dir", str(run_dir),
            "--concurrency", str(schedule.concurrency), "--stall-timeout", str(schedule.stall_timeout),
@@ -425,6 +437,8 @@ def inference_command(schedule: Schedule, data: Path, run_dir: Path, server_url:
         cmd += ["--seed", str(schedule.sampling_seed)]
     if schedule.request_timeout is not None:
         cmd += ["--request-timeout", str(schedule.request_timeout)]
+    if shard is not None:
+        cmd += ["--shard", f"{shard[0]}/{shard[1]}"]
     if server_url is not None:
         # An external server that is wedged when a resume starts is not hallurun's to restart: give up in 30 s.
         return [*cmd, "--server-url", server_url, "--restart-wait", "30", "--startup-timeout", "30"]
@@ -433,31 +447,31 @@ def inference_command(schedule: Schedule, data: Path, run_dir: Path, server_url:
 
 def run_schedule(schedule: Schedule, root: Path) -> Finished:
     """Carry out `schedule` in `root` (a fresh folder) and return the finished run; never raises for what
-    hallurun does (that is for the invariants to judge)."""
+    hallurun does (that is for the invariants to judge). A sharded schedule runs its shards at once, each through
+    its own interrupts and resumes, then merges them."""
     root.mkdir(parents=True, exist_ok=True)
     data, run_dir = root / "data.jsonl", root / "run"
     records = make_dataset(schedule, data)
     finished = Finished(schedule, root, run_dir, records)
     env = _env(schedule)
     external = _External(schedule, root, env) if schedule.mode == "external" else None
+    n = schedule.shards
+    if n > 1:
+        finished.parts = [Finished(schedule, root, run_dir / f"shard-{i}-of-{n}", records[i::n],
+                                   positions=list(range(i, len(records), n))) for i in range(n)]
     try:
         if external is not None:
             external.wait_up()
-        actions = list(schedule.actions)
-        for _ in range(ROUNDS):
-            if external is not None and external.wedged_now():
-                # An operator restarts a wedged external server before running hallurun again (it is not
-                # hallurun's to restart at startup); counted with the outages.
-                external.bounce()
-            if (run_dir / "manifest.json").exists():
-                command = [sys.executable, "-m", "hallurun", "resume", str(run_dir)]
-            else:
-                command = inference_command(schedule, data, run_dir, external.url if external else None)
-            invocation = _invoke(command, root, env, run_dir, actions, finished, external)
-            finished.invocations.append(invocation)
-            _check_orphans(finished, len(finished.invocations))
-            if invocation.hung or not _should_resume(invocation, run_dir):
-                break
+        if not finished.parts:
+            _rounds(finished, data, env, external, list(schedule.actions), None)
+        else:
+            # The schedule's interrupts strike every shard, each its own hallurun with its own servers.
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                list(pool.map(lambda i: _rounds(finished.parts[i], data, env, None, list(schedule.actions), (i, n)),
+                              range(n)))
+            if not any(completed(part) for part in finished.parts):
+                command = [sys.executable, "-m", "hallurun", "merge", str(run_dir)]
+                finished.invocations.append(_invoke(command, root, env, run_dir, [], finished, None, "merge"))
     finally:
         if external is not None:
             external.stop()
@@ -465,10 +479,35 @@ def run_schedule(schedule: Schedule, root: Path) -> Finished:
             finished.proxy_log = (external.proxy_log.read_text(errors="replace")
                                   if external.proxy_log.exists() else "")
         else:
-            # server.log, or server-<i>.log for each replica of a pool: the facts are summed over all of them.
-            logs = sorted(run_dir.glob("server*.log"))
-            finished.server_log = "".join(log.read_text(errors="replace") for log in logs)
+            for part in [finished, *finished.parts]:
+                # server.log, or server-<i>.log for each replica of a pool: the facts are summed over all of them.
+                logs = sorted(part.run_dir.glob("server*.log"))
+                part.server_log = "".join(log.read_text(errors="replace") for log in logs)
     return finished
+
+
+def _rounds(finished: Finished, data: Path, env: dict[str, str], external: _External | None,
+            actions: list[Action], shard: tuple[int, int] | None) -> None:
+    """The first invocation and its resumes, until the run (or shard) ends or the rounds run out."""
+    schedule, run_dir = finished.schedule, finished.run_dir
+    for _ in range(ROUNDS):
+        if external is not None and external.wedged_now():
+            # An operator restarts a wedged external server before running hallurun again (it is not
+            # hallurun's to restart at startup); counted with the outages.
+            external.bounce()
+        if (run_dir / "manifest.json").exists():
+            command = [sys.executable, "-m", "hallurun", "resume", str(run_dir)]
+            if shard is not None and len(finished.invocations) % 2:  # the other spelling of a shard's resume
+                command = [*command[:-1], str(run_dir.parent), "--shard", f"{shard[0]}/{shard[1]}"]
+        else:
+            command = inference_command(schedule, data, run_dir if shard is None else run_dir.parent,
+                                        external.url if external else None, shard)
+        tag = "" if shard is None else f"shard{shard[0]}-"
+        invocation = _invoke(command, finished.root, env, run_dir, actions, finished, external, tag)
+        finished.invocations.append(invocation)
+        _check_orphans(finished, len(finished.invocations))
+        if invocation.hung or not _should_resume(invocation, run_dir):
+            break
 
 
 def _should_resume(invocation: Invocation, run_dir: Path) -> bool:
@@ -479,10 +518,10 @@ def _should_resume(invocation: Invocation, run_dir: Path) -> bool:
 
 
 def _invoke(command: list[str], root: Path, env: dict[str, str], run_dir: Path, actions: list[Action],
-            finished: Finished, external: _External | None) -> Invocation:
+            finished: Finished, external: _External | None, tag: str = "") -> Invocation:
     """Run one hallurun process, doing the due actions to it; return how it ended."""
     n = len(finished.invocations) + 1
-    out_path = root / f"hallurun-{n}.out"
+    out_path = root / f"hallurun-{tag}{n}.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     began = time.monotonic()
@@ -578,7 +617,7 @@ def exactly_once(run: Finished) -> list[str]:
     """Every dataset id exactly once across results.jsonl and failures.jsonl: never twice, never in both."""
     if completed(run):
         return []  # an unfinished run is reported as such; its missing ids say nothing more
-    ids = dataset_ids(run.records)
+    ids = run.ids()
     results = Counter(str(r.get("id")) for r in _results(run))
     failures = Counter(str(f.get("id")) for f in _failures(run))
     found = []
@@ -604,7 +643,7 @@ def blameless_failures(run: Finished) -> list[str]:
     # The mock stalls the first stream of the stall prompt in every process: whenever that stream is the only
     # one in flight, it is a wedge that this item alone causes, again after each restart, as poison does.
     culprits = [text for text, on in ((s.poison_text, s.poison), (s.stall_text, s.stalls)) if on]
-    poison_ids = {item_id for item_id, r in zip(dataset_ids(run.records), run.records, strict=True)
+    poison_ids = {item_id for item_id, r in zip(run.ids(), run.records, strict=True)
                   if any(text in r["prompt"] for text in culprits)}
     found = []
     for f in _failures(run):
@@ -698,7 +737,7 @@ def answers_match_questions(run: Finished) -> list[str]:
     s = run.schedule
     manifest = orjson.loads((run.run_dir / "manifest.json").read_bytes())
     sampling = manifest["config"]["sampling"]
-    ids = dataset_ids(run.records)
+    ids = run.ids()
     by_id = dict(zip(ids, run.records, strict=True))
     found = []
     done: dict[str, str] = {}
@@ -760,7 +799,7 @@ def poison_is_convicted_in_bounded_solo_wedges(run: Finished) -> list[str]:
     s = run.schedule
     if not s.poison or any(f.startswith(("hang-after", "crash-after")) for f in s.faults):
         return []  # other wedges may strike while the suspect runs alone: no bound to hold it to
-    poison_ids = {item_id for item_id, r in zip(dataset_ids(run.records), run.records, strict=True)
+    poison_ids = {item_id for item_id, r in zip(run.ids(), run.records, strict=True)
                   if s.poison_text in r["prompt"]}
     alone = Counter(e["items"][0] for e in run.events()
                     if e.get("event") == "hang_detected" and len(e.get("items") or []) == 1
@@ -783,13 +822,29 @@ INVARIANTS: dict[str, Callable[[Finished], list[str]]] = {
 }
 
 
+# What a sharded run's merge must give, once every shard has ended: each id once, each answer beside its question
+# in dataset order, from a merge that accepted the shards (exit 0) without a traceback.
+MERGED = ("completed", "exactly_once", "answers_match_questions", "no_traceback", "secret_kept")
+
+
 def check(run: Finished) -> dict[str, list[str]]:
-    """Every invariant's violations, by invariant name (only those violated)."""
-    return {name: found for name, invariant in INVARIANTS.items() if (found := invariant(run))}
+    """Every invariant's violations, by invariant name (only those violated). A sharded run: every invariant for
+    each shard, and the merged run's."""
+    if not run.parts:
+        return {name: found for name, invariant in INVARIANTS.items() if (found := invariant(run))}
+    violations: dict[str, list[str]] = {}
+    for part in run.parts:
+        for name, found in check(part).items():
+            violations.setdefault(name, []).extend(f"{part.run_dir.name}: {line}" for line in found)
+    if "completed" not in violations:
+        for name in MERGED:
+            if found := INVARIANTS[name](run):
+                violations.setdefault(name, []).extend(f"merged: {line}" for line in found)
+    return violations
 
 
 def _verb(inv: Invocation) -> str:
-    verb = "resume" if "resume" in inv.command else "inference"
+    verb = next((v for v in ("resume", "merge") if v in inv.command), "inference")
     return f"{verb}, ended by {inv.done_by}" if inv.done_by else verb
 
 
@@ -800,6 +855,9 @@ def _reason(inv: Invocation) -> str:
 
 def happened(run: Finished) -> str:
     """What the run went through, in one line."""
+    if run.parts:
+        return "; ".join(f"{part.run_dir.name}: {happened(part)}" for part in run.parts) + (
+            f"; then {[(_verb(i), i.code) for i in run.invocations]}")
     failures = Counter(str(f.get("reason")) for f in _failures(run))
     return (f"invocations {[(_verb(i), i.code) for i in run.invocations]}, wedges {run.wedges}, crashes "
             f"{run.crashes}, outages {run.outages}, proxy silences {run.proxy_silences}, actions "
