@@ -254,3 +254,37 @@ def test_the_readme_lists_every_exit_code_hallurun_sets() -> None:
     table = readme.split("### Exit codes", 1)[1].split("\n\n", 1)[0]
     listed = {int(row.split("|")[1]) for row in table.splitlines() if row.startswith("| ") and row[2].isdigit()}
     assert listed == {c.code for c in EXIT_TABLE if c.ours}
+
+
+def test_a_shared_folder_holds_shards_only_and_a_busy_shard_makes_merge_wait(hallurun: Hallurun,
+                                                                              tmp_path: Path) -> None:
+    from hallurun.store.lock import RunLock
+
+    data = tmp_path / "data.jsonl"
+    write_dataset(data, 6)
+    run = tmp_path / "RUN"
+    for i in range(2):
+        assert hallurun.run(*shard_args(data, run, "--shard", f"{i}/2")).returncode == 0
+    # A run without --shard in the shared folder would be overwritten by the merge: refused, before and after.
+    unsharded = hallurun.run(*shard_args(data, run))
+    assert unsharded.returncode == 2 and unsharded.stderr.splitlines() == [
+        f"error: --run-dir {run}: it holds the shards of a sharded run; an unsharded run needs a folder of its own"]
+    # A shard held by a live hallurun (here: its lock, taken by the test): try again later, exit 75.
+    held = RunLock(run / "shard-1-of-2")
+    held.acquire()
+    try:
+        busy = hallurun.run("merge", str(run))
+        assert busy.returncode == 75 and f"{run / 'shard-1-of-2'} is in use by" in busy.stderr
+    finally:
+        held.release()
+    assert hallurun.run("merge", str(run)).returncode == 0
+    after = hallurun.run(*shard_args(data, run))
+    assert after.returncode == 2 and "it holds a merged sharded run" in after.stderr
+    # A shard whose manifest is not an object: status names it, with no traceback.
+    (run / "shard-1-of-2" / "manifest.json").write_bytes(b"[]")
+    (run / "manifest.json").unlink()
+    status = hallurun.run("status", str(run))
+    assert status.returncode == 0 and "Traceback" not in status.stderr
+    assert f"shard 1/2: no readable manifest ({run / 'shard-1-of-2'})" in status.stdout
+    refused = hallurun.run("merge", str(run))
+    assert refused.returncode == 2 and "not a manifest (a JSON object)" in refused.stderr

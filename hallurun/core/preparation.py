@@ -40,6 +40,10 @@ def for_start(config: RunConfig) -> Prepared:
     """Start a run, or continue it if its directory already holds the same run."""
     if config.shard is not None:
         _check_shared_folder(config.run_dir.parent, config.shard.count)
+    elif shards.find(config.run_dir):
+        merged = (config.run_dir / manifest.MANIFEST).is_file()
+        raise UsageError(f"--run-dir {config.run_dir}: it holds {'a merged' if merged else 'the shards of a'} sharded "
+                         "run; an unsharded run needs a folder of its own")
     try:
         config.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -58,6 +62,9 @@ def for_start(config: RunConfig) -> Prepared:
             except (KeyError, TypeError):
                 raise UsageError(f"{config.run_dir / manifest.MANIFEST}: field 'fingerprint' missing; the folder "
                                  "holds a damaged run: choose another --run-dir") from None
+            if manifest.merged_from(existing) is not None:
+                raise UsageError(f"{config.run_dir} holds a merged sharded run, which continues shard by shard "
+                                 f"(`hallurun resume {config.run_dir}/shard-I-of-N`); give another --run-dir")
             if not same:
                 raise UsageError(f"{config.run_dir} holds a different run (task, model, sampling or data differ); "
                                  f"use `hallurun resume {config.run_dir}` or choose another --run-dir")
@@ -75,11 +82,11 @@ def for_resume(run_dir: Path, options: RunOptions | None = None, server: ServerO
                          "--shard` command, which also continues a shard that has")
     if run_dir.is_dir() and not (run_dir / manifest.MANIFEST).is_file():
         manifest.read(run_dir)  # a folder that holds no run is refused (ManifestError) before it gets a lock file
-    with contextlib.suppress(manifest.ManifestError, TypeError, AttributeError):
-        merged = manifest.read(run_dir).get("merged")
-        if merged:
-            raise UsageError(f"{run_dir} is the merge of {merged['shards']} shards, not a run to continue: resume "
-                             f"a shard (`hallurun resume {run_dir}/shard-I-of-N`), then merge again")
+    with contextlib.suppress(manifest.ManifestError):
+        merged = manifest.merged_from(manifest.read(run_dir))
+        if merged is not None:
+            raise UsageError(f"{run_dir} is the merge of {merged} shards, not a run to continue: resume a shard "
+                             f"(`hallurun resume {run_dir}/shard-I-of-N`), then merge again")
     lock = _lock(run_dir)
     try:
         try:
@@ -117,8 +124,8 @@ def _check_shared_folder(shared: Path, count: int) -> None:
     if others:
         raise UsageError(f"--run-dir {shared}: it holds shards of {others[0]} (shard-I-of-{others[0]}), not of "
                          f"{count}; give --shard I/{others[0]}, or another --run-dir")
-    with contextlib.suppress(manifest.ManifestError, TypeError):
-        if "merged" not in manifest.read(shared):
+    with contextlib.suppress(manifest.ManifestError):
+        if manifest.merged_from(manifest.read(shared)) is None:
             raise UsageError(f"--run-dir {shared}: it holds an unsharded run; give another --run-dir")
 
 

@@ -60,9 +60,21 @@ def read(run_dir: Path) -> dict[str, Any]:
     """Read a run's manifest."""
     path = run_dir / MANIFEST
     try:
-        return orjson.loads(path.read_bytes())
+        saved = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         sharded = shards.not_merged(run_dir)
         raise ManifestError(sharded or f"{path}: not found; is {run_dir} a hallurun run directory?") from None
     except orjson.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise ManifestError(f"{path}: not a manifest (a JSON object)")
+    return saved
+
+
+def merged_from(saved: dict[str, Any]) -> int | None:
+    """How many shards a merged run's manifest was merged from; None for a run that was not merged."""
+    merged = saved.get("merged")
+    if not isinstance(merged, dict):
+        return None
+    shards_ = merged.get("shards")
+    return shards_ if isinstance(shards_, int) and not isinstance(shards_, bool) else 0

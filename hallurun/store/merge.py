@@ -13,6 +13,7 @@ from the shards' files line by line. A million results over 16 shards: see docs/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -34,7 +35,7 @@ from hallurun.store import manifest, shards
 from hallurun.store.checkpoint import FAILURES, GENERATION, RESULTS
 from hallurun.store.dataset import DatasetError, iter_items, sha256_of
 from hallurun.store.durable import RunDirWriteError, fsync_dir, write_atomic
-from hallurun.store.lock import LockError, RunLock, running_pid
+from hallurun.store.lock import RunLock
 
 _NONE = -1  # a position no shard has settled
 
@@ -82,22 +83,30 @@ def merge(run_dir: Path) -> Merged:
     started = time.monotonic()
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run directory")
-    lock = RunLock(run_dir)  # two merges of one run at once would race for the same files
-    try:
-        lock.acquire()
-    except LockError as exc:
-        raise UsageError(str(exc)) from None
-    try:
+    with contextlib.suppress(manifest.ManifestError):
+        if manifest.merged_from(manifest.read(run_dir)) is None:
+            raise MergeRefused([f"{run_dir} holds an unsharded run of its own, which a merge would overwrite; move "
+                                "the shards to a folder of their own"])
+    with ExitStack() as locks:
+        # Two merges of one run at once would race for the same files; a shard that runs meanwhile would change
+        # under the merge. Each held lock is RunDirBusy (75: try again later).
+        _hold(locks, run_dir)
         parts = _parts(run_dir)
+        for part in parts:
+            _hold(locks, part.path)
         first = parts[0]
         info = _dataset(first)
         settled = _settled(parts, info)
         counts = _write(run_dir, parts, info, settled)
         _write_manifest(run_dir, first, info, parts, counts)
-    finally:
-        lock.release()
     results, failures, generation = counts
     return Merged(run_dir, len(parts), results, failures, generation, time.monotonic() - started)
+
+
+def _hold(locks: ExitStack, folder: Path) -> None:
+    lock = RunLock(folder)
+    lock.acquire()
+    locks.callback(lock.release)
 
 
 def _parts(run_dir: Path) -> list[_Part]:
@@ -119,7 +128,7 @@ def _parts(run_dir: Path) -> list[_Part]:
             parts.append(_Part(shard, path, config, str(saved["dataset"]["sha256"]), int(saved["dataset"]["count"])))
         except manifest.ManifestError as exc:
             problems.append(f"{exc}; start it again with --run-dir {run_dir} --shard {shard}")
-        except (ConfigError, KeyError, TypeError) as exc:
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
             problems.append(f"{path / manifest.MANIFEST}: unreadable configuration ({exc})")
     identities = Counter(_identity(part) for part in parts)
     if identities:
@@ -134,7 +143,7 @@ def _parts(run_dir: Path) -> list[_Part]:
                                 f"shard {part.shard}")
         have = {part.shard.index for part in parts}
         problems += [f"{run_dir / Shard(i, n).folder}: missing; start it with: "
-                     f"{_start_command(model.config, run_dir, i)}" for i in range(n) if i not in have]
+                     f"{_start_command(model.config, run_dir, Shard(i, n))}" for i in range(n) if i not in have]
     if problems:
         raise MergeRefused(problems)
     return sorted(parts, key=lambda part: part.shard.index)
@@ -153,9 +162,8 @@ def _differs(part: _Part, model: _Part) -> str:
     return f"its {names} differ"
 
 
-def _start_command(config: RunConfig, run_dir: Path, index: int) -> str:
-    """The command that starts shard `index` of the run `config` is a shard of."""
-    assert config.shard is not None
+def _start_command(config: RunConfig, run_dir: Path, shard: Shard) -> str:
+    """The command that starts `shard` of the run `config` is a shard of."""
     words = ["hallurun", "inference", "--task", config.task_ref or config.task, "--model", config.model,
              "--dataset", str(config.dataset)]
     if config.limit is not None:
@@ -165,7 +173,7 @@ def _start_command(config: RunConfig, run_dir: Path, index: int) -> str:
               str(sampling.temperature), "--top-p", str(sampling.top_p)]
     if sampling.seed is not None:
         words += ["--seed", str(sampling.seed)]
-    words += ["--run-dir", str(run_dir), "--shard", f"{index}/{config.shard.count}"]
+    words += ["--run-dir", str(run_dir), "--shard", str(shard)]
     return shlex.join(words)
 
 
@@ -190,9 +198,6 @@ def _settled(parts: list[_Part], info: _Data) -> array[int]:
     where = array("q", [_NONE]) * info.count
     problems: list[str] = []
     for part in parts:
-        if (pid := running_pid(part.path)) is not None:
-            problems.append(f"{part.path}: still running (pid {pid}); merge once it ends")
-            continue
         own = 0
         for path, line_no, offset, record in _records(part.path / RESULTS):
             problem = _place(where, part.shard, info.count, path, line_no, record, 2 * offset)

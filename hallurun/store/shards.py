@@ -23,7 +23,7 @@ def find(run_dir: Path) -> list[tuple[Shard, Path]]:
         match = _FOLDER.fullmatch(path.name)
         if match and path.is_dir():
             index, count = int(match[1]), int(match[2])
-            if 0 <= index < count:
+            if 0 <= index < count and path.name == Shard(index, count).folder:  # not shard-01-of-4
                 found.append((Shard(index, count), path))
     return sorted(found, key=lambda pair: (pair[0].count, pair[0].index))
 

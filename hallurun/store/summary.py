@@ -93,7 +93,7 @@ def _one(run_dir: Path) -> dict[str, Any]:
         "last_event": last,
         "replicas": [replicas[i] for i in sorted(replicas)] if len(replicas) > 1 else [],
         "dataset_count": int(saved["dataset"]["count"]),
-        "merged": (saved.get("merged") or {}).get("shards", 0),
+        "merged": manifest.merged_from(saved) or 0,
     }
 
 
