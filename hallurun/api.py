@@ -33,7 +33,6 @@ from typing import Any
 from rich.console import Console
 
 from hallurun.config import (
-    ConfigError,
     RunConfig,
     RunOptions,
     SamplingOverrides,
@@ -41,9 +40,7 @@ from hallurun.config import (
     ServerOptions,
     ServerSpec,
     Shard,
-    sampling_defaults,
 )
-from hallurun.config import build as build_config
 from hallurun.core import runner
 from hallurun.core.command import Host, in_one_loop
 from hallurun.core.handle import RunHandle
@@ -53,8 +50,13 @@ from hallurun.errors import EXIT_INTERRUPTED, RunStopped, UsageError
 from hallurun.eval.evaluate import Evaluated, evaluate_run
 from hallurun.eval.judge import Judge
 from hallurun.eval.model_judge import ModelJudge, make_judge
+from hallurun.store.lock import RunLock
 from hallurun.store.merge import Merged
 from hallurun.store.merge import merge as merge_shards
+from hallurun.sweep import drive as sweep_drive
+from hallurun.sweep import layout as sweep_layout
+from hallurun.sweep import spec as sweep_spec
+from hallurun.sweep.drive import Swept
 from hallurun.tasks import registry
 
 # How a command's event loop is driven: given its coroutine (for a fresh RunHandle), run it to its end and return
@@ -79,16 +81,8 @@ def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None
     process's environment) unless `options` gives them. With `shard`, the run is that shard of a sharded run:
     `run_dir` (required) is the folder all shards share, and this one runs in `run_dir/shard-I-of-N`; join them
     with `merge`. Raises UsageError (TaskError, ConfigError)."""
-    found = registry.resolve(str(task))
-    if shard is not None and run_dir is None:
-        raise ConfigError("--shard needs --run-dir: the folder every shard writes into, on storage they all share")
-    folder = Path(run_dir) if run_dir is not None else runner.default_run_dir(found.name, model)
-    named = Path(task)
-    ref = str(named.resolve()) if named.exists() else str(task)  # how a merge names the command of a shard
-    return build_config(task=found.name, dataset=Path(dataset) if dataset is not None else found.dataset,
-                        evaluator=found.evaluator, sampling=sampling_defaults(found.defaults), overrides=sampling,
-                        model=model, run_dir=folder / shard.folder if shard is not None else folder, limit=limit,
-                        server=server, options=options, shard=shard, task_ref=ref, environ=environ)
+    return registry.configure(task, model=model, run_dir=run_dir, dataset=dataset, limit=limit, sampling=sampling,
+                              server=server, options=options, shard=shard, environ=environ)
 
 
 async def start_async(config: RunConfig, *, console: Console | None = None,
@@ -186,6 +180,48 @@ def merge(run_dir: str | Path) -> Merged:
     `evaluate(run_dir)` scores the whole run. Raises MergeRefused (a UsageError, one line per problem: a missing,
     unfinished or foreign shard) before writing anything."""
     return merge_shards(Path(run_dir))
+
+
+def sweep(spec: str | Path, *, console: Console | None = None, drive: Driver = run_standalone) -> Swept:
+    """`hallurun sweep SPEC.toml`: every task of the spec for each of its models (each model's server launched
+    once for all its tasks), then its judge loaded once for every run, then SWEEP/report.md, .csv, .json and the
+    figures. Run again (or `resume_sweep`), it continues where it stopped and redoes nothing settled; a spec
+    changed under its sweep is refused unless it only adds models or tasks. Returns a `Swept` (its `exit_code`:
+    0, 1 when items failed, else the first unfinished run's); raises SpecError (a UsageError naming the key) for
+    a bad spec, RunStopped when it was stopped."""
+    chosen = sweep_spec.load(Path(spec))
+    planned = sweep_drive.plan(chosen)
+    sweep_layout.accept(chosen)
+    lock = RunLock(chosen.folder)
+    lock.acquire()  # RunDirBusy (75): another hallurun runs this sweep
+    try:
+        shown = console or Console(quiet=True)
+        done = drive(lambda handle: in_one_loop(sweep_drive.job(chosen, planned, shown), handle))
+    finally:
+        lock.release()
+    if done is None:
+        raise RunStopped(EXIT_INTERRUPTED, "interrupted before the sweep began")
+    return done
+
+
+def resume_sweep(folder: str | Path, *, console: Console | None = None, drive: Driver = run_standalone) -> Swept:
+    """Continue the sweep in `folder` from the spec file it was started with (`sweep`)."""
+    source = Path(str(sweep_layout.accepted(Path(folder))["source"]))
+    if not source.is_file():
+        raise UsageError(f"{Path(folder) / sweep_layout.ACCEPTED}: its spec {source} is gone; run `hallurun sweep "
+                         "SPEC.toml` with the spec")
+    return sweep(source, console=console, drive=drive)
+
+
+def is_sweep(folder: str | Path) -> bool:
+    """Whether `folder` holds a sweep (`sweep`), not a run."""
+    return sweep_layout.is_sweep(Path(folder))
+
+
+def runs_of(folder: str | Path) -> list[Path]:
+    """The run folders of a sweep that have been judged, by model then task; a run folder is itself."""
+    chosen = Path(folder)
+    return sweep_layout.judged_runs(chosen) if is_sweep(chosen) else [chosen]
 
 
 def _on(host: Host, judge: Judge) -> Judge:

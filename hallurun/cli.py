@@ -268,12 +268,36 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, shard: str | N
     if server_args:
         server = dataclasses.replace(server, args=tuple(server_args))
     console = Console(soft_wrap=True)
-    chosen = run_dir or api.latest_run()
+    if run_dir is not None and api.is_sweep(run_dir):
+        import functools
+
+        sys.exit(api.resume_sweep(run_dir, console=console,
+                                  drive=functools.partial(process.run, console=console)).exit_code)
     part = config.shard_option(shard, shards, os.environ)
+    if part is not None and run_dir is None:
+        _fail("--shard: give the sharded run's folder too (hallurun resume RUN --shard ...)")
+    chosen = run_dir or api.latest_run()
     chosen = _working_on(chosen / part.folder if part is not None else chosen)
     _exit_with(process.run(lambda handle: api.resume_async(
         chosen, options=options, server=server, retry_failed=retry_failed, force=force, console=console,
         handle=handle), console))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+def sweep(spec: Path) -> None:
+    """Run every task of SPEC.toml for each of its models (each model's server launched once for all its tasks),
+    then its judge once for every run, then SWEEP/report.md, .csv, .json and the figures. Run it again, or
+    `hallurun resume SWEEP`, to continue after a stop; only models or tasks may be added to a spec meanwhile."""
+    import functools
+
+    from rich.console import Console
+
+    from hallurun import api, process
+
+    console = Console(soft_wrap=True)
+    done = api.sweep(spec, console=console, drive=functools.partial(process.run, console=console))
+    sys.exit(done.exit_code)
 
 
 @main.command()
@@ -315,6 +339,12 @@ def status(run_dir: Path | None, as_json: bool, chart: bool) -> None:
     from hallurun.store import summary as run_status
 
     chosen = _working_on(run_dir or api.latest_run())
+    if api.is_sweep(chosen):
+        from hallurun.sweep import layout
+
+        grid = layout.grid(chosen)
+        click.echo(orjson.dumps(grid).decode() if as_json else "\n".join(layout.describe(grid)))
+        return
     summary = run_status.summarize(chosen)
     if as_json:
         click.echo(orjson.dumps(summary).decode())
@@ -369,6 +399,21 @@ def tiny_model_command(path: Path | None) -> None:
         built = tiny_model.build(path) if path else Path(tiny_model.resolve("tiny"))
     except ImportError as exc:
         _fail(f"building the tiny model needs torch, transformers and tokenizers ({exc}); run `make install`")
+    click.echo(str(built))
+
+
+@main.command("trained-model")
+@click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+def trained_model_command(path: Path | None) -> None:
+    """Train the demonstration model (no download, seconds on a CPU) at PATH, or in the cache where `--model
+    trained` finds it. It memorized seeded right, wrong and "I don't know" answers to the built-in
+    PreciseWikiQA and MixedEntities prompts (plan.jsonl beside it): a demonstration, not a model."""
+    from hallurun.server import trained_model
+
+    try:
+        built = trained_model.build(path) if path else Path(trained_model.resolve("trained"))
+    except ImportError as exc:
+        _fail(f"building the trained model needs torch, transformers and tokenizers ({exc}); run `make install`")
     click.echo(str(built))
 
 
@@ -488,13 +533,15 @@ def eval_command(run_dir: Path | None, judge: str | None, judge_url: str | None,
                               "of each run's latest evaluation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as a JSON list.")
 def compare_command(run_dirs: tuple[Path, ...], judge: str | None, as_json: bool) -> None:
-    """Print the evaluation metrics of several runs side by side."""
+    """Print the evaluation metrics of several runs side by side (a sweep's folder: each of its runs)."""
     from rich.console import Console
 
+    from hallurun import api
     from hallurun.eval import compare
     from hallurun.tasks import registry as tasks
 
-    runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in run_dirs]
+    expanded = [found for run_dir in run_dirs for found in api.runs_of(run_dir)]
+    runs = [(run_dir, compare.load(run_dir, judge)) for run_dir in expanded]
     if as_json:
         click.echo(orjson.dumps([r for _, r in runs]).decode())
         return

@@ -86,6 +86,18 @@ class Lender:
                 for supervisor in supervisors:
                     supervisor.events = lent.events.tagged(replica=supervisor.slot.index)
 
+    async def release(self, config: RunConfig) -> None:
+        """Stop the pool `config`'s runs borrowed, whole, now (a sweep's next model needs the GPUs); a later run
+        of it launches a new one."""
+        lent = self._pools.pop((config.model, config.server), None)
+        if lent is None:
+            return
+        try:
+            await stop_all(lent.supervisors)  # still the handle's meanwhile: a second Ctrl-C kills them
+        finally:
+            lent.events.close()
+            self.handle.attach(supervisors=[s for p in self._pools.values() for s in p.supervisors])
+
     async def close(self) -> None:
         """Stop every pool's servers whole, then close the session and the pools' logs."""
         try:
@@ -131,6 +143,11 @@ class Host:
         finally:
             self._current = None
             self.handle.follow(None)
+
+    def release(self, config: RunConfig) -> None:
+        """From the job's thread: stop the servers that `config`'s runs borrowed (`Lender.release`)."""
+        asyncio.run_coroutine_threadsafe(to_the_end(self.lender.release(config), lambda again: None),
+                                         self.loop).result()
 
     def stop(self, reason: str) -> None:
         """Stop the stage in progress gracefully, and begin no other. On the command's loop."""

@@ -22,13 +22,24 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from hallurun.config import (
+    ConfigError,
+    RunConfig,
+    RunOptions,
+    SamplingOverrides,
+    ServerKind,
+    ServerSpec,
+    Shard,
+    sampling_defaults,
+)
+from hallurun.config import build as build_config
 from hallurun.errors import UsageError
 from hallurun.eval.scoring import Column, Results, Scoring, ScoringError, validate
 from hallurun.tasks.plugin import Generator, TaskPlugin
@@ -226,3 +237,24 @@ def _check_builtins() -> None:
 
 
 _check_builtins()
+
+
+# --- a run's configuration ----------------------------------------------------------------------------------
+
+def configure(task: str | Path, *, model: str, run_dir: str | Path | None = None, dataset: str | Path | None = None,
+              limit: int | None = None, sampling: SamplingOverrides | None = None,
+              server: ServerSpec | ServerKind = "vllm", options: RunOptions | None = None,
+              shard: Shard | None = None, environ: Mapping[str, str] | None = None) -> RunConfig:
+    """A run's configuration from its task (see `hallurun.api.configure`, which is this)."""
+    from hallurun.core.runner import default_run_dir
+
+    found = resolve(str(task))
+    if shard is not None and run_dir is None:
+        raise ConfigError("--shard needs --run-dir: the folder every shard writes into, on storage they all share")
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(found.name, model)
+    named = Path(task)
+    ref = str(named.resolve()) if named.exists() else str(task)  # how a merge names the command of a shard
+    return build_config(task=found.name, dataset=Path(dataset) if dataset is not None else found.dataset,
+                        evaluator=found.evaluator, sampling=sampling_defaults(found.defaults), overrides=sampling,
+                        model=model, run_dir=folder / shard.folder if shard is not None else folder, limit=limit,
+                        server=server, options=options, shard=shard, task_ref=ref, environ=environ)
