@@ -1,7 +1,7 @@
 """hallurun: run LLM prompt batches against a supervised server, exactly once.
 
 The Python API (`hallurun.api`): `run`, `run_async`, `resume`, `resume_async`, returning a `RunResult`, and
-`evaluate`, returning the metrics (`Evaluated`); `merge`, joining a sharded run's shards; the typed
+`evaluate`, returning the metrics (`Evaluated`); `merge`, joining a sharded run's shards; `sweep`, many models over many tasks; the typed
 configuration values they take; the error family. They load on first use (PEP 562): `import hallurun` stays cheap
 for the command line and the mock server's process, which start often, and `__version__` never imports aiohttp.
 """
@@ -36,11 +36,12 @@ __all__ = [
     "resume_async",
     "run",
     "run_async",
+    "sweep",
 ]
 
 # Where each public name lives; read by __getattr__ on first use.
 _HOMES = {
-    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api", "merge": "hallurun.api",
+    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api", "merge": "hallurun.api", "sweep": "hallurun.api",
     "Evaluated": "hallurun.eval.evaluate", "resume": "hallurun.api", "resume_async": "hallurun.api",
     "RunResult": "hallurun.core.result", "RunHandle": "hallurun.core.handle",
     "RunConfig": "hallurun.config", "RunOptions": "hallurun.config", "Sampling": "hallurun.config",
@@ -63,7 +64,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from hallurun.api import evaluate, merge, resume, resume_async, run, run_async
+    from hallurun.api import evaluate, merge, resume, resume_async, run, run_async, sweep
     from hallurun.config import (
         ConfigError,
         RunConfig,
