@@ -218,3 +218,21 @@ def test_a_bad_spec_is_one_line_naming_its_key(hallurun: Hallurun, tmp_path: Pat
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(f"error: {spec}: "), proc.stderr
     assert says in proc.stderr
     assert not (tmp_path / "SWEEP").exists() or not any((tmp_path / "SWEEP").iterdir())
+
+
+def test_a_model_whose_server_fails_is_reported_and_the_others_still_run(hallurun: Hallurun, tmp_path: Path) -> None:
+    sweep = tmp_path / "SWEEP"
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'folder = "{sweep}"\ntasks = ["mixedentities", "precisewikiqa"]\nlimit = 2\n'
+                    '[options]\nmax_restarts = 0\n'
+                    '[[models]]\nname = "broken"\nserver = "mock"\nargs = ["--fault", "fail-start"]\n'
+                    'startup_timeout = 20\n'
+                    '[[models]]\nname = "fine"\nserver = "mock"\n')
+    proc = hallurun.run("sweep", str(spec), timeout=300)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr
+    assert "broken: its server failed; its other tasks are left for the next try" in proc.stdout
+    assert not (sweep / "broken" / "precisewikiqa").exists()  # not tried: the same server would fail again
+    report = orjson.loads((sweep / "report.json").read_bytes())
+    assert [row["label"] for row in report["models"]] == ["fine"]
+    assert set(report["models"][0]["runs"]) == {"mixedentities", "precisewikiqa"}
+    assert not [pid for m in sweep.rglob("manifest.json") for pid in server_processes(m.parent)]

@@ -21,7 +21,7 @@ from hallurun.config import RunConfig
 from hallurun.core import runner
 from hallurun.core.command import Host
 from hallurun.core.result import RunResult
-from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_INTERRUPTED, EXIT_OK, RunStopped, UsageError
+from hallurun.errors import EXIT_FAILED_ITEMS, EXIT_INTERRUPTED, EXIT_OK, EXIT_SERVER, RunStopped, UsageError
 from hallurun.eval.evaluate import evaluate_run
 from hallurun.eval.model_judge import ModelJudge, make_judge
 from hallurun.sweep import layout, report
@@ -100,6 +100,11 @@ def _sweep(spec: SweepSpec, planned: Plan, console: Console, host: Host) -> Swep
             if result is None or result.status == "interrupted":
                 raise RunStopped(EXIT_INTERRUPTED, _continue(spec))
             cells.append(Cell(model, task, config.run_dir, result))
+            if result.exit_code == EXIT_SERVER:
+                # Its server could not be started or kept up: its other tasks would only wait for it again.
+                console.print(f"{model.label}: its server failed; its other tasks are left for the next try",
+                              highlight=False)
+                break
         host.release(configs[-1])  # the next model's server needs the GPUs
     judge = make_judge(spec.judge.model, spec.judge.url, spec.judge.server, spec.options)
     if isinstance(judge, ModelJudge):
