@@ -793,19 +793,20 @@ def expected_answer(prompt: str, sampling: dict[str, Any]) -> str:
 
 
 def poison_is_convicted_in_bounded_solo_wedges(run: Finished) -> list[str]:
-    """A suspect wedges a server alone at most three times before it is convicted: at most once on a server that
-    had served others, then twice on freshly started ones (core/poison.py), whichever replicas run it. A pool of
-    two once passed a suspect between its replicas, never on a fresh one, for twenty restarts."""
+    """A poison input wedges servers at most five times before it is convicted (core/poison.py): twice to become
+    a suspect, at most once alone on a server that had served others, then twice alone on freshly started ones,
+    whichever replicas run it. A pool of two once passed a suspect between its replicas, never on a fresh one,
+    for twenty restarts. (Alone is not enough to tell a strike from a solo run: with --concurrency 1 every wedge
+    has one item in flight, so seed 40035's four wedges of one item, two of them strikes, were within bounds.)"""
     s = run.schedule
     if not s.poison or any(f.startswith(("hang-after", "crash-after")) for f in s.faults):
         return []  # other wedges may strike while the suspect runs alone: no bound to hold it to
     poison_ids = {item_id for item_id, r in zip(run.ids(), run.records, strict=True)
                   if s.poison_text in r["prompt"]}
-    alone = Counter(e["items"][0] for e in run.events()
-                    if e.get("event") == "hang_detected" and len(e.get("items") or []) == 1
-                    and e["items"][0] in poison_ids)
-    return [f"{item_id} wedged a server alone {count} times (at most 3 before its conviction)"
-            for item_id, count in alone.items() if count > 3]
+    wedged = Counter(item_id for e in run.events() if e.get("event") == "hang_detected"
+                     for item_id in set(e.get("items") or []) & poison_ids)
+    return [f"{item_id} was in flight at {count} wedges (at most 5 before its conviction)"
+            for item_id, count in wedged.items() if count > 5]
 
 
 INVARIANTS: dict[str, Callable[[Finished], list[str]]] = {
