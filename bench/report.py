@@ -211,6 +211,15 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
         col("over bare B/item", "over_bare_bytes_per_item", "{:.0f}"),
         col("growth B/item", "growth_bytes_per_item", "{:.0f}"), col("verified", "verified"),
     ]),
+    "sweep": ("8. Sweep: k models × 2 tasks, a model judge; one `hallurun sweep`, or inference + eval per run", [
+        col("way", "way"), col("runs", "runs"), col("items / run", "limit"), col("processes", "processes"),
+        col("wall s", "wall_s", "{:.1f}"), col("× sweep", "x_sweep", "{:.2f}"),
+        col("model launches", "model_launches"), col("judge launches", "judge_launches"),
+        col("judge stages", "judge_stages"), col("server starts s", "start_total_s", "{:.1f}"),
+        col("answering s", "answering_s", "{:.1f}"), col("judging s", "judging_s", "{:.1f}"),
+        col("report s", "report_s", "{:.1f}"), col("same metrics", "same_metrics"),
+        col("as scripted", "as_scripted"), col("met", "met"),
+    ]),
 }
 # Tables drawn from one section's rows, by their `part`: table name -> (section, part).
 PARTS = {"scale_run": ("scale", "long run"), "scale_resume": ("scale", "resume"),

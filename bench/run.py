@@ -1,6 +1,7 @@
 """`make bench` / `make bench-quick`: every section, a table each, and `bench/results.json`.
 
-    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine|replicas|merge ...] [--out FILE]
+    python -m bench.run [--quick] [--section overhead|recovery|poison|scale|engine|replicas|merge|sweep ...]
+                        [--out FILE]
 
 Figures are ratios of things measured in the same run on the same machine (2 shared cores here), so compare rows
 of one run, not runs of different days. `--keep` leaves the work folder (datasets, run directories, server logs).
@@ -35,6 +36,7 @@ from bench.recovery import PoisonPlan, RecoveryPlan, poison, recovery
 from bench.replicas import MIXED, SHORT, ReplicasPlan, replicas
 from bench.report import print_tables
 from bench.scale import ScalePlan, scale
+from bench.sweep import SweepPlan, sweep
 
 Section = Callable[[Path], list[dict[str, Any]]]
 
@@ -54,6 +56,7 @@ FULL: dict[str, Section] = {
     "engine": lambda work: engine(EnginePlan(items=1000), work),
     "replicas": lambda work: replicas(ReplicasPlan(), work),
     "merge": lambda work: merge(MergePlan(sizes=(100_000, 1_000_000)), work),
+    "sweep": lambda work: sweep(SweepPlan(models=3, limit=20), work),
 }
 QUICK: dict[str, Section] = {
     "overhead": lambda work: overhead(OverheadPlan(items=5_000, seconds=1.5, upstream_items=120, reps=2), work),
@@ -66,6 +69,7 @@ QUICK: dict[str, Section] = {
     # Shorter runs and cold starts, and without its vLLM part (four vLLM cold starts), even with --section.
     "replicas": lambda work: replicas(QUICK_REPLICAS, work),
     "merge": lambda work: merge(MergePlan(sizes=(10_000, 100_000)), work),
+    "sweep": lambda work: sweep(SweepPlan(models=2, limit=8), work),
 }
 # Left out of a plain `--quick` run (two cold starts of real vLLM take over a minute here); `--quick --section
 # engine` runs it small.
