@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# hallurun's demo: 100 PreciseWikiQA questions answered by the real vLLM engine serving the built-in tiny model
-# (a random smoke-test model built locally: its answers are noise, the engine and the supervision are real).
-# On a machine without a GPU this is vLLM's CPU build; the first start takes about a minute.
+# hallurun's demo: the real vLLM engine (vLLM's CPU build on a machine without a GPU) serving the two built-in
+# smoke-test models, one after the other, on PreciseWikiQA and MixedEntities, scored by the offline heuristic
+# judge, compared in one table and two figures (examples/demo.toml). The first start of each model takes about a
+# minute on a CPU.
 set -euo pipefail
 
-RUN=runs/demo
-rm -rf "$RUN"
+rm -rf runs/demo
 hallurun doctor --model tiny || true
 echo
-hallurun inference --task precisewikiqa --model tiny --limit 100 --run-dir "$RUN"
+hallurun sweep examples/demo.toml
 echo
-hallurun status "$RUN"
+hallurun status runs/demo
 echo
-# The offline heuristic judge: approximate, and needs no judge model (--judge MODEL for an LLM judge).
-hallurun eval "$RUN"
-echo "HalluLens-format answers: $RUN/generation.jsonl"
+cat runs/demo/report.md
+echo "figures: runs/demo/metrics.png runs/demo/by_popularity.png"
+echo "HalluLens-format answers: runs/demo/<model>/<task>/generation.jsonl"
 echo "To see a wedge, a crash and an interrupt survived: make demo-mock"

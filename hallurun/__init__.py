@@ -1,9 +1,10 @@
 """hallurun: run LLM prompt batches against a supervised server, exactly once.
 
 The Python API (`hallurun.api`): `run`, `run_async`, `resume`, `resume_async`, returning a `RunResult`, and
-`evaluate`, returning the metrics (`Evaluated`); `merge`, joining a sharded run's shards; `sweep`, many models over many tasks; the typed
-configuration values they take; the error family. They load on first use (PEP 562): `import hallurun` stays cheap
-for the command line and the mock server's process, which start often, and `__version__` never imports aiohttp.
+`evaluate`, returning the metrics (`Evaluated`); `merge`, joining a sharded run's shards; `sweep`, many models over
+many tasks; the typed configuration values they take; the error family. They load on first use (PEP 562):
+`import hallurun` stays cheap for the command line and the mock server's process, which start often, and
+`__version__` never imports aiohttp.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ __all__ = [
 
 # Where each public name lives; read by __getattr__ on first use.
 _HOMES = {
-    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api", "merge": "hallurun.api", "sweep": "hallurun.api",
+    "run": "hallurun.api", "run_async": "hallurun.api", "evaluate": "hallurun.api", "merge": "hallurun.api",
+    "sweep": "hallurun.api",
     "Evaluated": "hallurun.eval.evaluate", "resume": "hallurun.api", "resume_async": "hallurun.api",
     "RunResult": "hallurun.core.result", "RunHandle": "hallurun.core.handle",
     "RunConfig": "hallurun.config", "RunOptions": "hallurun.config", "Sampling": "hallurun.config",

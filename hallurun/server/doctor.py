@@ -106,6 +106,14 @@ def _model(model: str) -> Check:
         if (target / "config.json").is_file():
             return Check("ok", "model", f"tiny (built) at {target}: a random smoke-test model, its answers are noise")
         return Check("warn", "model", f"tiny: not built yet; the first run builds it at {target} (seconds)")
+    if model == launch.TRAINED:
+        from hallurun.server import trained_model
+
+        target = trained_model.model_dir()
+        if (target / "config.json").is_file():
+            return Check("ok", "model", f"trained (built) at {target}: a demonstration trained here in seconds to "
+                                        "answer some built-in questions right, some wrong, some with I don't know")
+        return Check("warn", "model", f"trained: not built yet; the first run trains it at {target} (~30 s)")
     local = Path(model).expanduser()
     if local.exists():
         if (local / "config.json").is_file():

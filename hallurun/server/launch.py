@@ -17,6 +17,7 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 CPU_KVCACHE_GIB = "1"  # without it vLLM's CPU build asks for more memory than a NUMA node has free
 CPU_MAX_MODEL_LEN = 4096  # a context whose KV cache fits CPU_KVCACHE_GIB for common 7-8B models
 TINY = "tiny"
+TRAINED = "trained"  # hallurun/server/trained_model.py
 # vLLM closes a connection idle for 5 s by default. Under load its event loop can fire that timer after the next
 # request has arrived, dropping up to 200 connections at once; hallurun is its launched server's only client
 # and keeps at most `--concurrency` + 8 connections, which it closes itself after 15 s idle (aiohttp's default).
@@ -44,11 +45,15 @@ def has_nvidia_gpu() -> bool:
 
 
 def model_path(model: str, *, build_tiny: bool = True) -> str:
-    """What the server loads: the built tiny model for `tiny` (built on first use), else the name as given."""
-    if model != TINY:
+    """What the server loads: the built model for `tiny` or `trained` (built on first use), else the name as given."""
+    if model not in (TINY, TRAINED):
         local = Path(model).expanduser()
         # The server runs in the run directory, so a relative local path must be made absolute.
         return str(local.resolve()) if local.exists() else model
+    if model == TRAINED:
+        from hallurun.server import trained_model
+
+        return trained_model.resolve(model) if build_tiny else str(trained_model.model_dir())
     from hallurun.server import tiny_model
 
     if not build_tiny:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +113,20 @@ def build(path: Path) -> Path:
     a temporary folder beside `path` and renamed into place, so a crash mid-build, or two processes building at
     once, never leave a half-written model where vLLM would load it.
     """
+    return build_atomically(path, _write_model, "tiny")
+
+
+def build_atomically(path: Path, write: Callable[[Path], None], what: str) -> Path:
+    """`build`'s rules for any built-in model: `write(folder)` fills a temporary folder that is renamed to `path`."""
     path = Path(path)
     if _is_complete(path):
         return path
     if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not a hallurun tiny model; refusing to overwrite it")
+        raise FileExistsError(f"{path} exists and is not a hallurun {what} model; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        _write_model(tmp)
+        write(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the model is not secret and a shared cache should be readable
         if path.exists():
             path.rmdir()  # empty (checked above); Windows cannot rename onto an existing directory
@@ -183,8 +189,9 @@ def _set_dtype(config: Any, dtype: Any) -> None:
         config.torch_dtype = dtype
 
 
-def _make_tokenizer() -> Any:
-    """Train a byte-level BPE on the built-in corpus and wrap it as a transformers fast tokenizer."""
+def _make_tokenizer(extra: Sequence[str] = (), vocab_size: int = VOCAB_SIZE) -> Any:
+    """Train a byte-level BPE on the built-in corpus (and `extra` text) and wrap it as a transformers fast
+    tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -193,13 +200,13 @@ def _make_tokenizer() -> Any:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,  # ids 0..4, in this order
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     # Repeat the corpus so its rarer pairs still reach the trainer's default minimum frequency.
-    core.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    core.train_from_iterator([*_CORPUS, *extra] * 4, trainer=trainer)
     # Prepend BOS when the completions API tokenizes raw text, as Llama 3 does; the chat template adds its own
     # BOS and vLLM tokenizes templated chats without special tokens, so it is never doubled.
     bos_id = core.token_to_id(BOS)
