@@ -7,7 +7,8 @@ runs until the run is done. `run_schedule` carries a schedule out and returns a 
 the facts the invariants need (what each hallurun invocation printed and returned, the wedges, crashes and outages
 that really happened). Each invariant is a plain function over a `Finished` that returns its violations.
 
-Replay one seed: `.venv/bin/python tests/chaos_run.py --seed N` (or `-k seed_N` in tests/test_chaos.py).
+Replay one seed: `.venv/bin/python tests/chaos_run.py --seed N` (or `CHAOS_START=N CHAOS_SEEDS=1` for
+tests/test_chaos.py).
 """
 
 from __future__ import annotations
