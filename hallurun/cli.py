@@ -271,6 +271,10 @@ def resume(run_dir: Path | None, retry_failed: bool, force: bool, shard: str | N
     if run_dir is not None and api.is_sweep(run_dir):
         import functools
 
+        if (retry_failed or force or shard or shards or options.given()
+                or any(v is not None for v in dataclasses.asdict(server).values())):
+            _fail(f"{run_dir} is a sweep: it continues with its spec's settings; change them in the spec "
+                  "([options]), and run `hallurun sweep SPEC.toml`")
         sys.exit(api.resume_sweep(run_dir, console=console,
                                   drive=functools.partial(process.run, console=console)).exit_code)
     part = config.shard_option(shard, shards, os.environ)

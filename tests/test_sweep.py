@@ -197,6 +197,9 @@ def test_a_spec_may_only_add_models_or_tasks_to_its_sweep(hallurun: Hallurun, tm
         "to a sweep"]
     spec.write_text(head.replace("limit = 2", "limit = 3") + 'tasks = ["mixedentities"]\n' + model)
     assert "limit: differs from the sweep" in hallurun.run("sweep", str(spec)).stderr
+    # A sweep continues with its spec's settings: options given to `resume` would be silently lost.
+    ignored = hallurun.run("resume", str(sweep), "--concurrency", "3")
+    assert ignored.returncode == 2 and "is a sweep: it continues with its spec's settings" in ignored.stderr
 
 
 @pytest.mark.parametrize(("body", "says"), [
