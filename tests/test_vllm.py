@@ -69,21 +69,13 @@ def test_a_run_completes_exactly_once_and_a_too_long_prompt_fails_fast(hallurun:
     assert not server_processes(run_dir)
 
 
-def test_real_wedge_and_engine_death_are_each_recovered_with_one_restart(hallurun: Hallurun,
-                                                                        tmp_path: Path) -> None:
-    proc, run_dir, ids = start_vllm_run(hallurun, tmp_path, 600, "--concurrency", "16", "--stall-timeout", "10")
+def test_real_engine_death_is_recovered_with_one_restart(hallurun: Hallurun, tmp_path: Path) -> None:
+    # (The real wedge, an engine core stopped while its API server answers /health, is the replica test's below.)
+    proc, run_dir, ids = start_vllm_run(hallurun, tmp_path, 160, "--concurrency", "16", "--stall-timeout", "10")
     try:
         wait_until(lambda: len(read_jsonl(run_dir / "results.jsonl")) >= 40, STARTUP, "first results")
-        # The production wedge: the engine core stops, the API server keeps answering /health.
-        (core,) = wait_until(lambda: engine_cores(run_dir), 10, "the engine core")
-        os.kill(core, signal.SIGSTOP)
-        wait_until(lambda: events(run_dir, "server_restarted"), STARTUP, "a restart after the wedge")
-        assert len(events(run_dir, "hang_detected")) == 1
-        assert core not in server_processes(run_dir)  # the stopped engine went with its group
-        done_before = len(read_jsonl(run_dir / "results.jsonl"))
-        wait_until(lambda: len(read_jsonl(run_dir / "results.jsonl")) >= done_before + 40, 120, "progress")
         # Engine death: vLLM's API server notices and exits; hallurun relaunches at once.
-        (core,) = wait_until(lambda: engine_cores(run_dir), 10, "the new engine core")
+        (core,) = wait_until(lambda: engine_cores(run_dir), 10, "the engine core")
         os.kill(core, signal.SIGKILL)
         assert proc.wait(900) == 0, (tmp_path / "hallurun.log").read_text()
     finally:
@@ -91,13 +83,9 @@ def test_real_wedge_and_engine_death_are_each_recovered_with_one_restart(halluru
             proc.kill()
     assert_exactly_once(run_dir, ids)
     restarts = events(run_dir, "server_restarted")
-    assert [r["cause"] for r in restarts] == ["wedge", "server_exited"]
-    assert len(events(run_dir, "hang_detected")) == 1
-    wedge = events(run_dir, "hang_detected")[0]
-    # The window learned this engine's pace: found within it, and never later than the --stall-timeout ceiling.
-    assert wedge["window_s"] <= 10 and wedge["quiet_s"] >= wedge["window_s"]
-    # vLLM's own token counter, read every 2 s once the streams went quiet, stood still too.
-    assert wedge["tokens_flat_s"] is not None and wedge["tokens_flat_s"] >= 4
+    assert [r["cause"] for r in restarts] == ["server_exited"]
+    assert not events(run_dir, "hang_detected")
+    assert not server_processes(run_dir)
 
 
 def _session_of(pid: int) -> int:
@@ -122,6 +110,10 @@ def test_a_wedged_replica_of_two_is_restarted_alone_while_the_other_serves(hallu
     assert_exactly_once(run_dir, ids)
     (hang,) = events(run_dir, "hang_detected")
     assert hang["replica"] == wedged
+    # The window learned this engine's pace: found within it, and never later than the --stall-timeout ceiling;
+    # vLLM's own token counter, read every 2 s once the streams went quiet, stood still too.
+    assert hang["window_s"] <= 10 and hang["quiet_s"] >= hang["window_s"]
+    assert hang["tokens_flat_s"] is not None and hang["tokens_flat_s"] >= 2
     # Its stop was that replica's alone, and the other replica never paused: it settled the rest meanwhile
     # (often before the relaunch of a CPU engine was even up; a restart that did finish is the wedged one's).
     assert events(run_dir, "server_stopping")[0]["replica"] == wedged

@@ -1,6 +1,8 @@
 """SPEC.toml: what a sweep runs. Read once into typed values; a bad key is one line naming it (exit 2).
 
-    folder = "runs/compare-8b"          # optional: the sweep's folder [default: runs/<spec file's stem>]
+    folder = "runs/compare-8b"          # optional: the sweep's folder, from where hallurun runs [default:
+                                        # runs/<spec file's stem>]; task files and files in `args` are found
+                                        # from the spec's own folder
     tasks = ["precisewikiqa", "mixedentities"]   # built-in names, task folders or prompt files
     limit = 500                         # optional: items per task (a model's own `limit` wins)
 
