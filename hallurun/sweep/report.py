@@ -85,11 +85,12 @@ def _value(value: Any) -> str:
     return percent(value) if isinstance(value, int | float) or value is None else str(value)
 
 
-def _header(data: dict[str, Any]) -> list[str]:
+def _header(data: dict[str, Any], *, keys: bool = False) -> list[str]:
+    """The table's columns: `task label` for people, `task.key` (HalluLens' metric names) for report.csv."""
     head = ["model"]
     for task in data["tasks"]:
-        head += [f"{task} {label}" for _, label in data["columns"][task]]
-        head += [f"{task} items", f"{task} failed"]
+        head += [f"{task}.{key}" if keys else f"{task} {label}" for key, label in data["columns"][task]]
+        head += [f"{task}.items", f"{task}.failed"] if keys else [f"{task} items", f"{task} failed"]
     return head
 
 
@@ -120,10 +121,10 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def csv_text(data: dict[str, Any]) -> str:
-    """report.csv: one row per model, metrics as fractions."""
+    """report.csv: one row per model, metrics as fractions, columns named `task.metric`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_header(data))
+    writer.writerow(_header(data, keys=True))
     for row in data["models"]:
         writer.writerow(_cells(data, row, raw=True))
     return out.getvalue()
