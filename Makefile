@@ -39,16 +39,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check hallurun tests bench constraints
 	$(BIN)/lint-imports
 
-# The floors job: the test files that exercise the direct dependencies' APIs (aiohttp's client and server and
-# tenacity in test_client, test_recovery and test_inference; click and rich in test_inference; matplotlib in
-# test_eval and test_timeline; PyYAML in test_examples; orjson and pytest everywhere), and the decision logic
-# that needs none, without vLLM, on the floors of constraints/floors.txt in a venv of its own, made anew each
-# time. Fails if pip cannot resolve the floors or installs anything else for a direct dependency. The other
-# files (processes, signals, pools, shards, sweeps, chaos: the standard library's and hallurun's own code on top
-# of the same calls) run in `make test`; CI has 30 minutes for both.
-FLOORS_TESTS := tests/test_client.py tests/test_recovery.py tests/test_inference.py tests/test_eval.py \
-	tests/test_examples.py tests/test_timeline.py tests/test_metrics.py tests/test_decisions.py \
-	tests/test_window.py tests/test_checkpoint.py tests/test_supervisor_unit.py tests/test_gpus.py tests/test_tasks.py
+# The floors job: the test files that exercise the direct dependencies' APIs (aiohttp's client and server, and
+# tenacity's retries of 429s and 500s, in test_client and test_inference; click and rich in test_inference;
+# matplotlib in test_eval and test_timeline; PyYAML in test_examples; orjson and pytest everywhere), and the
+# decision logic that needs none, without vLLM, on the floors of constraints/floors.txt in a venv of its own,
+# made anew each time. Fails if pip cannot resolve the floors or installs anything else for a direct dependency.
+# The other files (wedge and retry timing, processes, signals, pools, shards, sweeps, chaos: hallurun's own
+# logic over the same calls) run in `make test`; CI has 30 minutes for both (test_recovery alone took 139 s).
+FLOORS_TESTS := tests/test_client.py tests/test_inference.py tests/test_eval.py tests/test_examples.py \
+	tests/test_timeline.py tests/test_metrics.py tests/test_decisions.py tests/test_window.py \
+	tests/test_checkpoint.py tests/test_supervisor_unit.py tests/test_gpus.py tests/test_tasks.py
 test-floors:
 	rm -rf $(FLOORS_VENV)
 	$(PYTHON) -m venv $(FLOORS_VENV)
