@@ -182,14 +182,17 @@ def merge(run_dir: str | Path) -> Merged:
     return merge_shards(Path(run_dir))
 
 
-def sweep(spec: str | Path, *, console: Console | None = None, drive: Driver = run_standalone) -> Swept:
+def sweep(spec: str | Path, *, console: Console | None = None, drive: Driver = run_standalone,
+          folder: str | Path | None = None) -> Swept:
     """`hallurun sweep SPEC.toml`: every task of the spec for each of its models (each model's server launched
     once for all its tasks), then its judge loaded once for every run, then SWEEP/report.md, .csv, .json and the
     figures. Run again (or `resume_sweep`), it continues where it stopped and redoes nothing settled; a spec
     changed under its sweep is refused unless it only adds models or tasks. Returns a `Swept` (its `exit_code`:
     0, 1 when items failed, else the first unfinished run's); raises SpecError (a UsageError naming the key) for
-    a bad spec, RunStopped when it was stopped."""
+    a bad spec, RunStopped when it was stopped. `folder` overrides the spec's."""
     chosen = sweep_spec.load(Path(spec))
+    if folder is not None:  # the sweep's folder as found (the spec's may be relative to another directory)
+        chosen = dataclasses.replace(chosen, folder=Path(folder))
     planned = sweep_drive.plan(chosen)
     sweep_layout.accept(chosen)
     lock = RunLock(chosen.folder)
@@ -210,7 +213,7 @@ def resume_sweep(folder: str | Path, *, console: Console | None = None, drive: D
     if not source.is_file():
         raise UsageError(f"{Path(folder) / sweep_layout.ACCEPTED}: its spec {source} is gone; run `hallurun sweep "
                          "SPEC.toml` with the spec")
-    return sweep(source, console=console, drive=drive)
+    return sweep(source, console=console, drive=drive, folder=folder)
 
 
 def is_sweep(folder: str | Path) -> bool:
