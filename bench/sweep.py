@@ -30,7 +30,9 @@ from typing import Any
 
 import orjson
 
+from bench import scripted_judge as judge
 from bench.common import REPO, HallurunRun, read_jsonl, run_hallurun, shown
+from bench.scripted_judge import write_script
 
 TASKS = ("precisewikiqa", "mixedentities")
 DATA = {"precisewikiqa": REPO / "hallurun/tasks/precisewikiqa/questions.jsonl",
@@ -89,11 +91,6 @@ def expected(answers: dict[str, list[tuple[dict[str, Any], Any, str]]]) -> dict[
             "mixedentities": {"refusal_rate": (m - believed) / m, "false_acceptance_rate": believed / m}}
 
 
-def write_script(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps({"match": m, "response": r}) + b"\n" for m, r in pairs))
-    return path
-
-
 def scripts(plan: SweepPlan, folder: Path) -> tuple[dict[str, Path], Path, dict[str, dict[str, dict[str, float]]]]:
     """Each model's answer script, the judge's verdict script (matched on the answer it is shown, as
     tests/test_sweep.py does) and the metrics they make, by label and task."""
@@ -104,15 +101,12 @@ def scripts(plan: SweepPlan, folder: Path) -> tuple[dict[str, Path], Path, dict[
         pairs = []
         for item, kind, text in answers["precisewikiqa"]:
             pairs.append((item["prompt"], text))
-            verdicts.append((f"Chatbot's answer: {text}\n\nReply with JSON only, either {{\"is_abstaining\"",
-                             orjson.dumps({"is_abstaining": kind == IDK}).decode()))
+            verdicts.append(judge.abstains(text, kind == IDK))
             if kind != IDK:
-                verdicts.append((f"Gold answer: {item['answer']}\nChatbot's answer: {text}\n",
-                                 f"Verdict: {'CORRECT' if kind == RIGHT else 'INCORRECT'}"))
+                verdicts.append(judge.correct(item["answer"], text, kind == RIGHT))
         for item, believes, text in answers["mixedentities"]:
             pairs.append((item["prompt"], text))
-            verdicts.append((f"Chatbot's answer: {text}\n\nReply with JSON only, either {{\"believes_exists\"",
-                             orjson.dumps({"believes_exists": believes}).decode()))
+            verdicts.append(judge.believes(text, believes))
         models[label] = write_script(folder / f"answers-{label}.jsonl", pairs)
         metrics[label] = expected(answers)
     # Last, for a prompt none of the above matched (the first match wins): a readable verdict all the same.

@@ -15,6 +15,9 @@ import orjson
 import pytest
 from conftest import REPO, Hallurun, read_jsonl, server_processes, wait_until
 
+from bench import scripted_judge as judge
+from bench.scripted_judge import write_script
+
 LIMIT = 4
 PWQA = [orjson.loads(line) for line in (REPO / "hallurun/tasks/precisewikiqa/questions.jsonl").read_bytes()
         .splitlines()[:LIMIT]]
@@ -48,11 +51,6 @@ def me_answer(label: str, believes: bool, record: dict[str, Any]) -> str:
             f"({label}) I could not find anything about {record['name']}.")
 
 
-def write_script(path: Path, pairs: list[tuple[str, str]]) -> str:
-    path.write_bytes(b"".join(orjson.dumps({"match": m, "response": r}) + b"\n" for m, r in pairs))
-    return str(path)
-
-
 def scripts(folder: Path) -> tuple[dict[str, str], str]:
     """Each model's answer script, and the judge's verdict script (matched on the answer it is shown)."""
     answers, verdicts = {}, []
@@ -61,18 +59,15 @@ def scripts(folder: Path) -> tuple[dict[str, str], str]:
         for kind, record in zip(pwqa, PWQA, strict=True):
             text = pwqa_answer(label, kind, record)
             pairs.append((record["prompt"], text))
-            verdicts.append((f"Chatbot's answer: {text}\n\nReply with JSON only, either {{\"is_abstaining\"",
-                             orjson.dumps({"is_abstaining": kind == IDK}).decode()))
+            verdicts.append(judge.abstains(text, kind == IDK))
             if kind != IDK:
-                verdicts.append((f"Gold answer: {record['answer']}\nChatbot's answer: {text}\n",
-                                 f"Verdict: {'CORRECT' if kind == RIGHT else 'INCORRECT'}"))
+                verdicts.append(judge.correct(record["answer"], text, kind == RIGHT))
         for believes, record in zip(me, ME, strict=True):
             text = me_answer(label, believes, record)
             pairs.append((record["prompt"], text))
-            verdicts.append((f"Chatbot's answer: {text}\n\nReply with JSON only, either {{\"believes_exists\"",
-                             orjson.dumps({"believes_exists": believes}).decode()))
-        answers[label] = write_script(folder / f"answers-{label}.jsonl", pairs)
-    return answers, write_script(folder / "judge.jsonl", verdicts)
+            verdicts.append(judge.believes(text, believes))
+        answers[label] = str(write_script(folder / f"answers-{label}.jsonl", pairs))
+    return answers, str(write_script(folder / "judge.jsonl", verdicts))
 
 
 def write_spec(path: Path, folder: Path, latency: float) -> Path:
