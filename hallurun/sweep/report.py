@@ -24,6 +24,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from hallurun.core import timeline
 from hallurun.eval import compare
 from hallurun.eval.report import percent
 from hallurun.store import summary as run_summary
@@ -65,20 +66,8 @@ def collect(runs: Sequence[tuple[ModelSpec, Path]], judge: str) -> dict[str, Any
 
 
 def _wall_s(run_dir: Path) -> float:
-    """The run's time in sessions: from each start (or resume) to its session's last event, summed."""
-    total, began, last = 0.0, None, None
-    for event in read_records(run_dir / EVENTS):
-        t = event.get("t")
-        if not isinstance(t, int | float):
-            continue
-        if event.get("event") in ("run_started", "run_resumed"):
-            if began is not None and last is not None:
-                total += last - began
-            began = t
-        last = t
-    if began is not None and last is not None:
-        total += last - began
-    return total
+    """The run's time in sessions (`core.timeline.sessions`: each start or resume to its session's end), summed."""
+    return sum(s.end - s.start for s in timeline.sessions(read_records(run_dir / EVENTS)))
 
 
 def _value(value: Any) -> str:
